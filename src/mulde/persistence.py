@@ -1,0 +1,171 @@
+"""Save and load fitted detectors as one safetensors file.
+
+The file holds tensors only (network weights, standardisation, evaluation levels,
+mixture arrays, training scores) and a JSON header in the safetensors metadata
+(constructor parameters, fitted scalars, library and format versions). Loading
+parses JSON and raw arrays, so it executes nothing from the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from mulde.aggregate import LevelAggregator
+from mulde.network import EnergyMLP, resolve_device, resolve_precision
+
+FORMAT = "mulde-detector"
+FORMAT_VERSION = 1
+
+
+def atomic_write(path: Path, write) -> Path:
+    """Call ``write(temporary_path)``, then rename the result onto ``path``.
+
+    A failure leaves no file at ``path`` and no temporary file behind.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_detector(detector, path: Path) -> Path:
+    """Write a fitted :class:`mulde.MULDE` to ``path``, usually ``*.safetensors``."""
+    from mulde import __version__
+
+    if not hasattr(detector, "aggregator_"):
+        raise RuntimeError("Only a fitted detector can be saved; call fit(X) first.")
+    params = detector.get_params()
+    if callable(params["weighting"]):
+        raise ValueError(
+            "A detector with a callable weighting cannot be saved, since code is "
+            "never stored in model files; use weighting='sigma2' or 'gaussian'."
+        )
+    params["hidden_sizes"] = [int(w) for w in params["hidden_sizes"]]
+    if not isinstance(params["level_grid"], str):
+        params["level_grid"] = [float(v) for v in params["level_grid"]]
+
+    tensors = {
+        f"network.{name}": value.detach().cpu().contiguous()
+        for name, value in detector.network_.state_dict().items()
+    }
+    arrays = {
+        "mean": detector.mean_,
+        "scale": detector.scale_,
+        "levels": detector.levels_,
+        "decision_scores": detector.decision_scores_,
+    } | {f"aggregator.{k}": v for k, v in detector.aggregator_.state().items()}
+    for name, array in arrays.items():
+        tensors[name] = torch.from_numpy(np.ascontiguousarray(array))
+
+    header = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "mulde_version": __version__,
+        "params": params,
+        "fitted": {
+            "n_features_in": int(detector.n_features_in_),
+            "seed": int(detector.seed_),
+            "threshold": float(detector.threshold_),
+            "history": detector.history_,
+        },
+    }
+    metadata = {"mulde": json.dumps(header)}
+    return atomic_write(
+        path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata)
+    )
+
+
+def load_detector(path: Path, device: str = "auto"):
+    """Read a detector written by :func:`save_detector`."""
+    from mulde.detector import MULDE
+
+    if not path.is_file():
+        raise FileNotFoundError(f"Model file {path} does not exist.")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as reader:
+            metadata = reader.metadata() or {}
+            tensors = {key: reader.get_tensor(key) for key in reader.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ValueError(
+            f"Model file {path} is not a readable safetensors file ({error}); it is "
+            "corrupt or truncated. Save the detector again with MULDE.save."
+        ) from error
+
+    try:
+        header = json.loads(metadata["mulde"])
+    except (KeyError, json.JSONDecodeError) as error:
+        raise ValueError(
+            f"Model file {path} has no mulde header; it was not written by MULDE.save."
+        ) from error
+    if header.get("format") != FORMAT or header.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"Model file {path} has format {header.get('format')!r} version "
+            f"{header.get('format_version')!r}, written by mulde "
+            f"{header.get('mulde_version')}; this mulde reads {FORMAT!r} version "
+            f"{FORMAT_VERSION}. Refit and save the detector with this version."
+        )
+
+    params = header["params"]
+    params["device"] = device
+    fitted = header["fitted"]
+    detector = MULDE(**params)
+    detector.n_features_in_ = fitted["n_features_in"]
+    detector.seed_ = fitted["seed"]
+    detector.threshold_ = fitted["threshold"]
+    detector.history_ = fitted["history"]
+    detector.device_ = resolve_device(device)
+    detector.compute_dtype_ = resolve_precision(detector.precision, detector.device_)
+    detector.mean_ = tensors.pop("mean").numpy()
+    detector.scale_ = tensors.pop("scale").numpy()
+    detector.levels_ = tensors.pop("levels").numpy()
+    detector.decision_scores_ = tensors.pop("decision_scores").numpy()
+    detector.labels_ = (detector.decision_scores_ > detector.threshold_).astype(int)
+
+    network = EnergyMLP(
+        detector.n_features_in_,
+        params["hidden_sizes"],
+        params["activation"],
+        params["layer_norm"],
+        params["dropout"],
+    )
+    state = {
+        k.removeprefix("network."): v
+        for k, v in tensors.items()
+        if k.startswith("network.")
+    }
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ValueError(
+            f"Model file {path} has network weights that do not match its own "
+            f"configuration ({error}); the file is corrupt."
+        ) from error
+    detector.network_ = network.to(detector.device_).eval()
+
+    aggregator_arrays = {
+        k.removeprefix("aggregator."): v.numpy()
+        for k, v in tensors.items()
+        if k.startswith("aggregator.")
+    }
+    detector.aggregator_ = LevelAggregator(
+        params["aggregation"],
+        params["n_components"],
+        params["reg_covar"],
+        params["level_index"],
+        random_state=fitted["seed"],
+    ).load_state(aggregator_arrays)
+    return detector
