@@ -1,0 +1,367 @@
+"""Download sources of the public datasets and safe unpacking of their archives.
+
+Nothing here downloads: the datasets have no open license, so users fetch the
+archives from the official pages themselves and pass them to ``unpack_archive``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from mulde.video.datasets import locate_dataset_root
+
+_UCSD_PAGE = "http://www.svcl.ucsd.edu/projects/anomaly/dataset.htm"
+_UCSD_CITATION = (
+    "V. Mahadevan, W. Li, V. Bhalodia, N. Vasconcelos, "
+    '"Anomaly Detection in Crowded Scenes", CVPR 2010'
+)
+
+# "archive" is the file name that the download page serves, and "root" is the
+# dataset folder inside it, relative to the folder the archive is unpacked into.
+DATASET_SOURCES: dict[str, dict] = {
+    "ped1": {
+        "title": "UCSD Anomaly Detection Dataset, Ped1",
+        "page": _UCSD_PAGE,
+        "archive": "UCSD_Anomaly_Dataset.tar.gz",
+        "root": "UCSD_Anomaly_Dataset.v1p2/UCSDped1",
+        "citation": _UCSD_CITATION,
+        "notes": "One archive contains both Ped1 and Ped2.",
+    },
+    "ped2": {
+        "title": "UCSD Anomaly Detection Dataset, Ped2",
+        "page": _UCSD_PAGE,
+        "archive": "UCSD_Anomaly_Dataset.tar.gz",
+        "root": "UCSD_Anomaly_Dataset.v1p2/UCSDped2",
+        "citation": _UCSD_CITATION,
+        "notes": "One archive contains both Ped1 and Ped2.",
+    },
+    "avenue": {
+        "title": "CUHK Avenue Dataset",
+        "page": "http://www.cse.cuhk.edu.hk/leojia/projects/detectabnormal/dataset.html",
+        "archive": "Avenue_Dataset.zip",
+        "root": "Avenue Dataset",
+        "citation": (
+            'C. Lu, J. Shi, J. Jia, "Abnormal Event Detection at 150 FPS in MATLAB", '
+            "ICCV 2013"
+        ),
+        "notes": (
+            "The frame ground truth (testing_label_mask/N_label.mat) is a separate "
+            "download on the same page. Unpack it into the dataset folder or next "
+            "to it, so that ground_truth_demo/testing_label_mask/ is found."
+        ),
+    },
+    "shanghaitech": {
+        "title": "ShanghaiTech Campus Dataset",
+        "page": "https://svip-lab.github.io/dataset/campus_dataset.html",
+        "archive": "shanghaitech.tar.gz",
+        "root": "shanghaitech",
+        "citation": (
+            'W. Luo, W. Liu, S. Gao, "A Revisit of Sparse Coding Based Anomaly '
+            'Detection in Stacked RNN Framework", ICCV 2017'
+        ),
+        # NOTE: the page links to external file hosts, so the archive name may
+        # differ. unpack_archive finds the dataset root by its layout, not by name.
+        "notes": "The page links to the archive on external file hosts.",
+    },
+}
+
+_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+
+
+def describe_sources(name: str) -> str:
+    """Return instructions for obtaining dataset ``name`` by hand.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not a key of ``DATASET_SOURCES``.
+    """
+    source = _source(name)
+    return "\n".join(
+        [
+            f"{source['title']}",
+            f"  Download page: {source['page']}",
+            f"  Expected archive: {source['archive']}",
+            f"  Dataset folder inside it: {source['root']}",
+            f"  {source['notes']}",
+            "  Unpack it with mulde.video.archive.unpack_archive(archive, dest, "
+            f"{name.lower()!r}) and pass the returned folder to load_dataset.",
+            "  The dataset has no open license: use it for research and cite "
+            f"{source['citation']}.",
+        ]
+    )
+
+
+def unpack_archive(
+    archive: str | os.PathLike[str], dest: str | os.PathLike[str], dataset: str
+) -> Path:
+    """Extract a dataset archive into ``dest`` and return the dataset root.
+
+    Accepts ``.tar.gz``, ``.tgz``, ``.tar`` and ``.zip``. Members with absolute
+    paths or ``..`` components, symlinks or hard links that resolve outside the
+    archive, and device or FIFO members are rejected before anything is moved
+    into ``dest``.
+
+    The archive is first extracted into a temporary folder next to ``dest``. If
+    ``dest`` does not exist, that folder is renamed to ``dest``. Otherwise each
+    top-level entry is renamed into ``dest``, and an entry that already exists
+    there is an error, raised before anything is moved. An interrupted or failed
+    extraction deletes the temporary folder, except when the process is killed
+    outright, which leaves a hidden ``.<dest>.partial-*`` folder next to ``dest``.
+
+    Returns
+    -------
+    Path
+        The folder inside ``dest`` that ``load_dataset(dataset, ...)`` accepts,
+        for example ``dest/UCSD_Anomaly_Dataset.v1p2/UCSDped2``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``archive`` does not exist.
+    ValueError
+        If the archive format is unsupported, a member is unsafe, an entry already
+        exists in ``dest``, or the extracted files do not contain the dataset.
+    """
+    source_name = dataset.lower()
+    _source(source_name)
+    archive = Path(archive)
+    dest = Path(dest)
+    if not archive.is_file():
+        raise FileNotFoundError(f"Archive not found: {archive}")
+    if dest.exists() and not dest.is_dir():
+        raise ValueError(f"Destination {dest} exists and is not a folder.")
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    # mkdtemp creates the folder with mode 0o700; a renamed dest keeps that mode.
+    staging.chmod(0o755)
+    try:
+        _extract(archive, staging)
+        moved = _move_into_place(staging, dest)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+    # Only the extracted entries are searched, so other data in dest is not picked.
+    root = locate_dataset_root(source_name, dest, max_depth=0)
+    for entry in moved:
+        if root is None and entry.is_dir():
+            root = locate_dataset_root(source_name, entry)
+    if root is None:
+        raise ValueError(
+            f"Extracted {archive} into {dest}, but found no {source_name} dataset "
+            f"folder there (expected {DATASET_SOURCES[source_name]['root']}). Check "
+            f"that this is the right archive.\n{describe_sources(source_name)}"
+        )
+    return root
+
+
+def _source(name: str) -> dict:
+    key = name.lower()
+    if key not in DATASET_SOURCES:
+        raise ValueError(
+            f"No download source for dataset {name!r}. Known datasets: "
+            f"{', '.join(DATASET_SOURCES)}."
+        )
+    return DATASET_SOURCES[key]
+
+
+@dataclass(frozen=True)
+class _Member:
+    """One archive entry, reduced to what extraction needs."""
+
+    parts: tuple[str, ...]
+    kind: str  # "dir", "file", "symlink" or "hardlink"
+    link_target: str = ""
+
+
+def _extract(archive: Path, staging: Path) -> None:
+    name = archive.name.lower()
+    if name.endswith(".zip"):
+        _extract_zip(archive, staging)
+    elif name.endswith((".tar.gz", ".tgz", ".tar")):
+        _extract_tar(archive, staging)
+    else:
+        raise ValueError(
+            f"Unsupported archive {archive}: expected a file ending in "
+            f"{', '.join(_ARCHIVE_SUFFIXES)}."
+        )
+
+
+def _safe_parts(name: str, archive: Path) -> tuple[str, ...]:
+    # Backslashes count as separators so that Windows-made zips cannot hide "..".
+    normalized = name.replace("\\", "/")
+    path = PurePosixPath(normalized)
+    if normalized.startswith("/") or (len(normalized) > 1 and normalized[1] == ":"):
+        raise ValueError(
+            f"Unsafe member {name!r} in {archive}: absolute paths are rejected."
+        )
+    if ".." in path.parts:
+        raise ValueError(
+            f"Unsafe member {name!r} in {archive}: '..' components are rejected."
+        )
+    return tuple(part for part in path.parts if part not in ("", "."))
+
+
+def _check_link_target(member: _Member, archive: Path) -> None:
+    """Reject a link whose target, taken lexically, leaves the archive root."""
+    target = member.link_target.replace("\\", "/")
+    member_name = "/".join(member.parts)
+    if target.startswith("/") or (len(target) > 1 and target[1] == ":"):
+        raise ValueError(
+            f"Unsafe link {member_name!r} -> {target!r} in {archive}: absolute "
+            "targets are rejected."
+        )
+    # Symlink targets are relative to the link's folder, hard link targets to the
+    # archive root.
+    parts = list(member.parts[:-1]) if member.kind == "symlink" else []
+    for part in PurePosixPath(target).parts:
+        if part == "..":
+            if not parts:
+                raise ValueError(
+                    f"Unsafe link {member_name!r} -> {target!r} in {archive}: the "
+                    "target points outside the archive."
+                )
+            parts.pop()
+        elif part not in ("", "."):
+            parts.append(part)
+
+
+def _iter_tar_members(
+    tar: tarfile.TarFile, archive: Path
+) -> Iterator[tuple[_Member, tarfile.TarInfo]]:
+    for info in tar:
+        parts = _safe_parts(info.name, archive)
+        if not parts:
+            continue
+        if info.isdir():
+            yield _Member(parts, "dir"), info
+        elif info.isfile():
+            yield _Member(parts, "file"), info
+        elif info.issym():
+            yield _Member(parts, "symlink", info.linkname), info
+        elif info.islnk():
+            yield _Member(parts, "hardlink", info.linkname), info
+        else:
+            raise ValueError(
+                f"Unsafe member {info.name!r} in {archive}: device, FIFO and other "
+                "special files are rejected."
+            )
+
+
+def _extract_tar(archive: Path, staging: Path) -> None:
+    links = []
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for member, info in _iter_tar_members(tar, archive):
+                target = staging.joinpath(*member.parts)
+                if member.kind == "dir":
+                    target.mkdir(parents=True, exist_ok=True)
+                elif member.kind == "file":
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with tar.extractfile(info) as stream, target.open("wb") as out:
+                        shutil.copyfileobj(stream, out)
+                else:
+                    _check_link_target(member, archive)
+                    links.append(member)
+    except (tarfile.TarError, gzip.BadGzipFile, zlib.error, EOFError) as error:
+        raise ValueError(
+            f"Cannot read tar archive {archive}: {error}. The archive is truncated "
+            "or corrupt, so download it again."
+        ) from error
+    _create_links(links, staging, archive)
+
+
+def _extract_zip(archive: Path, staging: Path) -> None:
+    links = []
+    try:
+        with zipfile.ZipFile(archive) as zip_file:
+            for info in zip_file.infolist():
+                parts = _safe_parts(info.filename, archive)
+                if not parts:
+                    continue
+                target = staging.joinpath(*parts)
+                mode = info.external_attr >> 16
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                elif stat.S_ISLNK(mode):
+                    # Zip stores a symlink as a member whose content is the target.
+                    link_target = zip_file.read(info).decode("utf-8")
+                    member = _Member(parts, "symlink", link_target)
+                    _check_link_target(member, archive)
+                    links.append(member)
+                else:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with zip_file.open(info) as stream, target.open("wb") as out:
+                        shutil.copyfileobj(stream, out)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as error:
+        raise ValueError(
+            f"Cannot read zip archive {archive}: {error}. The archive is truncated "
+            "or corrupt, so download it again."
+        ) from error
+    _create_links(links, staging, archive)
+
+
+def _create_links(links: list[_Member], staging: Path, archive: Path) -> None:
+    """Create links after all files, so no file is ever written through a link.
+
+    Hard links come first, while the staging folder contains no symlinks yet, so a
+    hard link target cannot be reached through a symlink that leaves it.
+    """
+    for member in sorted(links, key=lambda link: link.kind != "hardlink"):
+        target = staging.joinpath(*member.parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if member.kind == "hardlink":
+            # A hard link must point at a regular file extracted from the archive.
+            linked = staging.joinpath(*_safe_parts(member.link_target, archive))
+            if linked.is_symlink() or not linked.is_file():
+                raise ValueError(
+                    f"Unsafe hard link {'/'.join(member.parts)!r} in {archive}: "
+                    f"target {member.link_target!r} is not a file in the archive."
+                )
+            os.link(linked, target)
+        else:
+            os.symlink(member.link_target, target)
+
+    # A lexically safe target can still escape through a chain of symlinks, so
+    # every link is resolved again once all of them exist.
+    real_staging = staging.resolve()
+    for member in links:
+        resolved = staging.joinpath(*member.parts).resolve()
+        if not resolved.is_relative_to(real_staging):
+            raise ValueError(
+                f"Unsafe link {'/'.join(member.parts)!r} -> {member.link_target!r} in "
+                f"{archive}: it resolves to {resolved}, outside the archive."
+            )
+
+
+def _move_into_place(staging: Path, dest: Path) -> list[Path]:
+    """Rename the extracted entries into dest and return their new paths."""
+    if not dest.exists():
+        names = sorted(entry.name for entry in staging.iterdir())
+        staging.rename(dest)
+        return [dest / name for name in names]
+
+    entries = sorted(staging.iterdir())
+    clashes = [entry.name for entry in entries if (dest / entry.name).exists()]
+    if clashes:
+        raise ValueError(
+            f"Cannot unpack into {dest}: {', '.join(clashes)} already exist there. "
+            "Remove them or choose another destination."
+        )
+    # NOTE: each rename is atomic, but a failure between two renames leaves the
+    # entries moved so far in dest.
+    for entry in entries:
+        entry.rename(dest / entry.name)
+    return [dest / entry.name for entry in entries]

@@ -1,0 +1,293 @@
+"""Tests for dataset sources and safe archive unpacking in mulde.video.archive."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import tarfile
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from mulde.video import archive as archive_module
+from mulde.video.archive import DATASET_SOURCES, describe_sources, unpack_archive
+from mulde.video.datasets import load_dataset
+
+UCSD_TOP = "UCSD_Anomaly_Dataset.v1p2"
+M_FILE = (
+    "TestVideoFile = {};\n"
+    "TestVideoFile{end+1}.gt_frame = [2:3];\n"
+    "TestVideoFile{end+1}.gt_frame = [1:2];\n"
+)
+
+
+def tif_bytes(value: int) -> bytes:
+    ok, encoded = cv2.imencode(".tif", np.full((8, 10), value, dtype=np.uint8))
+    assert ok
+    return encoded.tobytes()
+
+
+def ucsd_members() -> dict[str, bytes]:
+    """Return the files of a tiny UCSDped2 copy in the original archive layout."""
+    base = f"{UCSD_TOP}/UCSDped2"
+    members = {}
+    for clip, n_frames in (
+        ("Train/Train001", 3),
+        ("Test/Test001", 4),
+        ("Test/Test002", 2),
+    ):
+        for index in range(1, n_frames + 1):
+            members[f"{base}/{clip}/{index:03d}.tif"] = tif_bytes(20 * index)
+    members[f"{base}/Test/Test001_gt/001.bmp"] = tif_bytes(0)
+    members[f"{base}/Test/UCSDped2.m"] = M_FILE.encode()
+    return members
+
+
+def add_tar_file(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def add_tar_link(tar: tarfile.TarFile, name: str, target: str, kind=tarfile.SYMTYPE):
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = target
+    tar.addfile(info)
+
+
+def write_tar(path: Path, files: dict[str, bytes], mode: str = "w:gz") -> Path:
+    with tarfile.open(path, mode) as tar:
+        for name, data in files.items():
+            add_tar_file(tar, name, data)
+    return path
+
+
+def write_zip(path: Path, files: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as zip_file:
+        for name, data in files.items():
+            zip_file.writestr(name, data)
+    return path
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.iterdir() if ".partial-" in path.name)
+
+
+def test_sources_list_official_pages():
+    assert DATASET_SOURCES["ped2"]["page"] == (
+        "http://www.svcl.ucsd.edu/projects/anomaly/dataset.htm"
+    )
+    assert DATASET_SOURCES["ped1"]["page"] == DATASET_SOURCES["ped2"]["page"]
+    assert DATASET_SOURCES["avenue"]["page"] == (
+        "http://www.cse.cuhk.edu.hk/leojia/projects/detectabnormal/dataset.html"
+    )
+    assert DATASET_SOURCES["shanghaitech"]["page"] == (
+        "https://svip-lab.github.io/dataset/campus_dataset.html"
+    )
+    assert DATASET_SOURCES["ped2"]["archive"] == "UCSD_Anomaly_Dataset.tar.gz"
+
+
+def test_describe_sources_names_page_and_archive():
+    text = describe_sources("Avenue")
+
+    assert (
+        "http://www.cse.cuhk.edu.hk/leojia/projects/detectabnormal/dataset.html" in text
+    )
+    assert "Avenue_Dataset.zip" in text
+    assert "unpack_archive" in text
+
+
+def test_describe_sources_unknown_name_raises():
+    with pytest.raises(ValueError, match="Known datasets: ped1, ped2, avenue, shanghaitech"):
+        describe_sources("generic")
+
+
+@pytest.mark.parametrize("suffix", [".tar.gz", ".tgz", ".tar", ".zip"])
+def test_unpack_ucsd_archive_then_load(tmp_path, suffix):
+    archive = tmp_path / f"UCSD_Anomaly_Dataset{suffix}"
+    if suffix == ".zip":
+        write_zip(archive, ucsd_members())
+    else:
+        write_tar(archive, ucsd_members(), "w" if suffix == ".tar" else "w:gz")
+    dest = tmp_path / "data" / "ucsd"
+
+    root = unpack_archive(archive, dest, "ped2")
+    dataset = load_dataset("ped2", root)
+
+    assert root == dest / UCSD_TOP / "UCSDped2"
+    assert [clip.name for clip in dataset.train] == ["Train001"]
+    assert [clip.name for clip in dataset.test] == ["Test001", "Test002"]
+    assert [clip.labels.tolist() for clip in dataset.test] == [[0, 1, 1, 0], [1, 1]]
+    assert leftovers(dest.parent) == []
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o755
+
+
+def test_unpack_into_existing_folder_merges(tmp_path):
+    dest = tmp_path / "data"
+    (dest / "other").mkdir(parents=True)
+    archive = write_tar(tmp_path / "ucsd.tar.gz", ucsd_members())
+
+    root = unpack_archive(archive, dest, "ped2")
+
+    assert root == dest / UCSD_TOP / "UCSDped2"
+    assert (dest / "other").is_dir()
+
+
+def test_unpack_clash_with_existing_entry_raises(tmp_path):
+    dest = tmp_path / "data"
+    (dest / UCSD_TOP).mkdir(parents=True)
+    archive = write_tar(tmp_path / "ucsd.tar.gz", ucsd_members())
+
+    with pytest.raises(ValueError, match=f"{UCSD_TOP} already exist"):
+        unpack_archive(archive, dest, "ped2")
+    assert list((dest / UCSD_TOP).iterdir()) == []
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("member", "reason"),
+    [("../evil.txt", "'..' components"), ("/tmp/evil.txt", "absolute paths")],
+)
+def test_unpack_rejects_unsafe_paths(tmp_path, member, reason):
+    files = ucsd_members()
+    files[member] = b"payload"
+    archive = write_tar(tmp_path / "bad.tar.gz", files)
+    dest = tmp_path / "out" / "data"
+
+    with pytest.raises(ValueError, match=f"Unsafe member '{member}'.*{reason}"):
+        unpack_archive(archive, dest, "ped2")
+    assert not dest.exists()
+    assert not (tmp_path / "out" / "evil.txt").exists()
+    assert leftovers(tmp_path / "out") == []
+
+
+def test_unpack_rejects_zip_member_with_dotdot(tmp_path):
+    archive = write_zip(tmp_path / "bad.zip", {"a/../../evil.txt": b"payload"})
+
+    with pytest.raises(ValueError, match=r"Unsafe member 'a/\.\./\.\./evil\.txt'"):
+        unpack_archive(archive, tmp_path / "dest", "ped2")
+    assert not (tmp_path / "dest").exists()
+
+
+def test_unpack_rejects_symlink_outside(tmp_path):
+    archive = tmp_path / "bad.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, data in ucsd_members().items():
+            add_tar_file(tar, name, data)
+        add_tar_link(tar, f"{UCSD_TOP}/escape", "../../etc")
+
+    with pytest.raises(ValueError, match=r"Unsafe link .*escape.*outside the archive"):
+        unpack_archive(archive, tmp_path / "dest", "ped2")
+    assert not (tmp_path / "dest").exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_unpack_rejects_symlink_chain_outside(tmp_path):
+    # "loop" points at its own folder, so "loop/loop/.." looks inside but is not.
+    archive = tmp_path / "bad.tar"
+    with tarfile.open(archive, "w") as tar:
+        add_tar_link(tar, "top/loop", ".")
+        add_tar_link(tar, "top/chain", "loop/loop/../..")
+
+    with pytest.raises(ValueError, match=r"Unsafe link 'top/chain'"):
+        unpack_archive(archive, tmp_path / "dest", "ped2")
+    assert not (tmp_path / "dest").exists()
+
+
+def test_unpack_rejects_zip_symlink_outside(tmp_path):
+    archive = tmp_path / "bad.zip"
+    with zipfile.ZipFile(archive, "w") as zip_file:
+        info = zipfile.ZipInfo("top/escape")
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zip_file.writestr(info, "/etc/passwd")
+
+    with pytest.raises(ValueError, match=r"Unsafe link 'top/escape'.*absolute"):
+        unpack_archive(archive, tmp_path / "dest", "ped2")
+
+
+def test_unpack_keeps_symlink_inside(tmp_path):
+    archive = tmp_path / "ucsd.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, data in ucsd_members().items():
+            add_tar_file(tar, name, data)
+        add_tar_link(tar, f"{UCSD_TOP}/ped2", "UCSDped2")
+        add_tar_link(
+            tar,
+            f"{UCSD_TOP}/copy.m",
+            f"{UCSD_TOP}/UCSDped2/Test/UCSDped2.m",
+            kind=tarfile.LNKTYPE,
+        )
+
+    root = unpack_archive(archive, tmp_path / "dest", "ped2")
+
+    link = root.parent / "ped2"
+    assert link.is_symlink()
+    assert os.readlink(link) == "UCSDped2"
+    assert (root.parent / "copy.m").read_text() == M_FILE
+
+
+def test_unpack_rejects_device_member(tmp_path):
+    archive = tmp_path / "bad.tar"
+    with tarfile.open(archive, "w") as tar:
+        info = tarfile.TarInfo("top/fifo")
+        info.type = tarfile.FIFOTYPE
+        tar.addfile(info)
+
+    with pytest.raises(ValueError, match=r"'top/fifo'.*special files"):
+        unpack_archive(archive, tmp_path / "dest", "ped2")
+
+
+def test_unpack_truncated_archive_leaves_nothing(tmp_path):
+    archive = write_tar(tmp_path / "ucsd.tar.gz", ucsd_members())
+    data = archive.read_bytes()
+    archive.write_bytes(data[: len(data) // 2])
+
+    with pytest.raises(ValueError, match=r"ucsd\.tar\.gz.*truncated or corrupt"):
+        unpack_archive(archive, tmp_path / "dest", "ped2")
+    assert not (tmp_path / "dest").exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_unpack_interrupted_extraction_leaves_nothing(tmp_path, monkeypatch):
+    archive = write_tar(tmp_path / "ucsd.tar.gz", ucsd_members())
+    real_copy = archive_module.shutil.copyfileobj
+    calls = []
+
+    def copy_then_interrupt(source, target, *args):
+        calls.append(target)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_copy(source, target, *args)
+
+    monkeypatch.setattr(archive_module.shutil, "copyfileobj", copy_then_interrupt)
+
+    with pytest.raises(KeyboardInterrupt):
+        unpack_archive(archive, tmp_path / "dest", "ped2")
+    assert not (tmp_path / "dest").exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_unpack_wrong_dataset_raises(tmp_path):
+    archive = write_zip(tmp_path / "notes.zip", {"readme.txt": b"hello"})
+
+    with pytest.raises(ValueError, match=r"found no avenue dataset folder"):
+        unpack_archive(archive, tmp_path / "dest", "avenue")
+
+
+def test_unpack_unsupported_format_raises(tmp_path):
+    archive = tmp_path / "data.rar"
+    archive.write_bytes(b"Rar!")
+
+    with pytest.raises(ValueError, match=r"Unsupported archive .*data\.rar"):
+        unpack_archive(archive, tmp_path / "dest", "ped2")
+    assert leftovers(tmp_path) == []
+
+
+def test_unpack_missing_archive_raises(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"missing\.tar\.gz"):
+        unpack_archive(tmp_path / "missing.tar.gz", tmp_path / "dest", "ped2")
