@@ -448,18 +448,25 @@ class MULDE(OutlierMixin, BaseEstimator):
             )
 
     def multiscale_scores(
-        self, X, score_norms: bool = False
+        self, X, score_norms: bool = False, levels=None
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Energies f(x, sigma_l) at the L evaluation levels, shape (n, L).
 
         With ``score_norms=True`` also return ||sigma_l grad_x f(x, sigma_l)||^2 of
-        shape (n, L). Energies alone build no autograd graph.
+        shape (n, L). Energies alone build no autograd graph. ``levels`` evaluates
+        other noise levels than ``levels_``; the aggregator is fitted on
+        ``levels_`` only.
         """
         self._check_fitted("network_")
         X = check_features(X, n_features=self.n_features_in_)
         x = self._to_tensor(X)
-        levels = torch.as_tensor(self.levels_, dtype=torch.float32, device=self.device_)
-        rows = max(1, self.score_batch_size // len(self.levels_))
+        levels = (
+            self.levels_
+            if levels is None
+            else evaluation_levels(levels, 0, self.sigma_low, self.sigma_high)
+        )
+        levels = torch.as_tensor(levels, dtype=torch.float32, device=self.device_)
+        rows = max(1, self.score_batch_size // len(levels))
         energies, norms = [], []
         for start in range(0, x.shape[0], rows):
             with autocast(self.device_, self.compute_dtype_):
@@ -479,7 +486,9 @@ class MULDE(OutlierMixin, BaseEstimator):
         )
         if not score_norms:
             return energies_np
-        return energies_np, torch.cat(norms).cpu().numpy()
+        if norms:
+            return energies_np, torch.cat(norms).cpu().numpy()
+        return energies_np, np.zeros_like(energies_np)
 
     def _level_vectors(self, X) -> np.ndarray:
         if self.use_score_norms:

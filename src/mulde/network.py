@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from functools import cache
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,98 @@ class EnergyMLP(nn.Module):
         """Energies of shape (n,) for x of shape (n, d) and sigma of shape (n,)."""
         code = torch.log(sigma).unsqueeze(1).to(x.dtype)  # (n, 1)
         return self.layers(torch.cat([x, code], dim=1)).squeeze(1)
+
+    # The first layer sees [x, log sigma], so its pre-activation splits into
+    # W_x x + b, which depends on the sample only, and w_sigma * log(sigma), which
+    # depends on the level only. Multiscale scoring computes W_x x once per sample
+    # instead of once per sample and level; this pays when d is large.
+
+    def feature_projection(self, x: torch.Tensor) -> torch.Tensor:
+        """First-layer pre-activation without the sigma term, W_x x + b, (n, h1)."""
+        first = self.layers[0]
+        return F.linear(x, first.weight[:, : x.shape[1]], first.bias)
+
+    def sigma_projection(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Sigma term of the first-layer pre-activation, w_sigma * log(sigma).
+
+        Shape (m, h1) for sigma of shape (m,).
+        """
+        weight = self.layers[0].weight[:, -1]
+        return torch.log(sigma).unsqueeze(1).to(weight.dtype) * weight
+
+    def project_input_gradient(self, delta: torch.Tensor) -> torch.Tensor:
+        """Input gradient W_x^T delta, shape (m, d), from delta = df/dz1 (m, h1)."""
+        return delta @ self.layers[0].weight[:, :-1]
+
+    def energy_from_first_layer(self, pre_activation: torch.Tensor) -> torch.Tensor:
+        """Energies of shape (m,) from first-layer pre-activations of shape (m, h1)."""
+        return self.layers[1:](pre_activation).squeeze(1)
+
+    @property
+    def supports_explicit_gradient(self) -> bool:
+        """True when :meth:`energy_and_gradient_from_first_layer` can run.
+
+        It needs a plain stack of linear layers and GELU, SiLU or Softplus
+        activations. LayerNorm, and dropout while training, take the autograd path.
+        """
+        for module in self.layers:
+            if isinstance(module, nn.Dropout):
+                if self.training and module.p > 0:
+                    return False
+            elif not isinstance(module, (nn.Linear, *ACTIVATIONS.values())):
+                return False
+        return True
+
+    def energy_and_gradient_from_first_layer(
+        self, pre_activation: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Energies (m,) and df/dz1 (m, h1) from first-layer pre-activations z1.
+
+        The backward pass through the MLP is written out, so the gradient is an
+        ordinary function of the weights: autograd differentiates it once in
+        training (no double backward) and nothing is recorded in inference mode.
+        Requires :attr:`supports_explicit_gradient`.
+        """
+        linears = [m for m in self.layers if isinstance(m, nn.Linear)]
+        activations = [
+            m for m in self.layers if isinstance(m, tuple(ACTIVATIONS.values()))
+        ]
+        pre_activations = [pre_activation]
+        hidden = activations[0](pre_activation)
+        for linear, activation in zip(linears[1:-1], activations[1:], strict=True):
+            pre_activations.append(linear(hidden))
+            hidden = activation(pre_activations[-1])
+        energy = linears[-1](hidden).squeeze(1)
+
+        # df/dh for the last hidden layer is the output weight row, for every sample.
+        grad = linears[-1].weight.expand(hidden.shape[0], -1).to(hidden.dtype)
+        for index in range(len(activations) - 1, -1, -1):
+            z = pre_activations[index]
+            grad = activation_backward(activations[index], grad.to(z.dtype), z)
+            if index > 0:
+                grad = grad @ linears[index].weight
+        return energy, grad
+
+
+def activation_backward(
+    module: nn.Module, grad: torch.Tensor, z: torch.Tensor
+) -> torch.Tensor:
+    """grad * activation'(z), differentiable again, for the modules in ACTIVATIONS.
+
+    GELU and Softplus use the ATen kernels of autograd's own backward, which have
+    derivatives. ATen's silu_backward has none (torch 2.13), so SiLU's is written
+    out as s * (1 + z * (1 - s)) with s = sigmoid(z).
+    """
+    if isinstance(module, nn.GELU):
+        return torch.ops.aten.gelu_backward(grad, z, approximate=module.approximate)
+    if isinstance(module, nn.SiLU):
+        if not torch.is_grad_enabled():
+            return torch.ops.aten.silu_backward(grad, z)
+        s = torch.sigmoid(z)
+        return grad * s * (1 + z * (1 - s))
+    if isinstance(module, nn.Softplus):
+        return torch.ops.aten.softplus_backward(grad, z, module.beta, module.threshold)
+    raise TypeError(f"No explicit derivative for activation {module!r}.")
 
 
 def resolve_device(device: str) -> torch.device:

@@ -54,10 +54,18 @@ def dsm_loss(
     """
     eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     sigma_col = sigma.unsqueeze(1)  # (n, 1)
-    x_noisy = (x + sigma_col * eps).requires_grad_(True)
+    x_noisy = x + sigma_col * eps
 
-    energy_noisy = net(x_noisy, sigma)
-    (grad,) = torch.autograd.grad(energy_noisy.sum(), x_noisy, create_graph=True)
+    if net.supports_explicit_gradient:
+        # Same values as the autograd branch. x_noisy needs no gradient here, so the
+        # backward pass skips the product that would return dLoss/dx_noisy.
+        pre_activation = net.feature_projection(x_noisy) + net.sigma_projection(sigma)
+        energy_noisy, delta = net.energy_and_gradient_from_first_layer(pre_activation)
+        grad = net.project_input_gradient(delta)
+    else:
+        x_noisy.requires_grad_(True)
+        energy_noisy = net(x_noisy, sigma)
+        (grad,) = torch.autograd.grad(energy_noisy.sum(), x_noisy, create_graph=True)
     residual = (sigma_col * grad.float() - eps).square().sum(dim=1)  # (n,)
     score_matching_each = weight / sigma.square() * residual  # (n,)
 
@@ -83,6 +91,10 @@ def multiscale_energies(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Energies f(x, sigma_l) for all L levels in one batched pass.
 
+    The sample part of the first layer, W_x x + b, is computed once per sample and
+    shared by the L levels. With ``score_norms`` the backward pass runs by hand in
+    inference mode where the network allows it, and with autograd otherwise.
+
     Parameters
     ----------
     x : tensor of shape (n, d)
@@ -96,20 +108,43 @@ def multiscale_energies(
     energies : tensor of shape (n, L), float32
     norms : tensor of shape (n, L), float32, or None
     """
-    n, d = x.shape
+    n = x.shape[0]
     n_levels = levels.shape[0]
-    x_rep = x.unsqueeze(1).expand(n, n_levels, d).reshape(n * n_levels, d)
-    sigma_rep = levels.unsqueeze(0).expand(n, n_levels).reshape(n * n_levels)
 
     if not score_norms:
         with torch.inference_mode():
-            energies = net(x_rep, sigma_rep).float()
+            pre_activation = first_layer_all_levels(net, x, levels)
+            energies = net.energy_from_first_layer(pre_activation).float()
         return energies.reshape(n, n_levels), None
 
-    with torch.enable_grad():
-        x_rep = x_rep.detach().requires_grad_(True)
-        energies = net(x_rep, sigma_rep)
-        # Gradients with respect to the input only: no weight gradients are built.
-        (grad,) = torch.autograd.grad(energies.sum(), x_rep)
-    norms = (sigma_rep.unsqueeze(1) * grad.float()).square().sum(dim=1)
-    return energies.detach().float().reshape(n, n_levels), norms.reshape(n, n_levels)
+    if net.supports_explicit_gradient:
+        with torch.inference_mode():
+            pre_activation = first_layer_all_levels(net, x, levels)
+            energies, delta = net.energy_and_gradient_from_first_layer(pre_activation)
+            grad = net.project_input_gradient(delta)
+    else:
+        with torch.no_grad():
+            pre_activation = first_layer_all_levels(net, x, levels)
+        with torch.enable_grad():
+            pre_activation.requires_grad_(True)
+            energies = net.energy_from_first_layer(pre_activation)
+            # Gradients with respect to z1 only: no weight gradients are built.
+            (delta,) = torch.autograd.grad(energies.sum(), pre_activation)
+        with torch.no_grad():
+            grad = net.project_input_gradient(delta)
+    squared = grad.float().square().sum(dim=1).reshape(n, n_levels)
+    norms = squared * levels.float().square()
+    return energies.detach().float().reshape(n, n_levels), norms
+
+
+def first_layer_all_levels(
+    net: EnergyMLP, x: torch.Tensor, levels: torch.Tensor
+) -> torch.Tensor:
+    """First-layer pre-activations of every (sample, level) pair, (n * L, h1).
+
+    Row i * L + l belongs to sample i at level l.
+    """
+    shared = net.feature_projection(x)  # (n, h1)
+    per_level = net.sigma_projection(levels).to(shared.dtype)  # (L, h1)
+    pairs = shared.unsqueeze(1) + per_level.unsqueeze(0)  # (n, L, h1)
+    return pairs.reshape(-1, shared.shape[1])

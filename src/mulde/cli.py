@@ -1,0 +1,286 @@
+"""Command-line interface: ``mulde run``, ``mulde data``, ``mulde study``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from mulde import __version__
+
+logger = logging.getLogger("mulde")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def _widths(text: str) -> list[int]:
+    try:
+        widths = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of widths such as 1024,1024"
+        ) from error
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must list positive widths")
+    return widths
+
+
+def _add_run_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="score a video data set end to end and write metrics, plots and a report",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--dataset",
+        default="ped2",
+        choices=["ped1", "ped2", "avenue", "shanghaitech", "generic"],
+        help="data set layout",
+    )
+    data.add_argument("--root", help="data set folder (required except for generic)")
+    data.add_argument("--train-dir", help="generic layout: folder of training clips")
+    data.add_argument("--test-dir", help="generic layout: folder of test clips")
+    data.add_argument("--labels", help="generic layout: labels file (.npy, .npz, .csv)")
+    data.add_argument(
+        "--max-train-clips",
+        type=_positive_int,
+        help="use only the first N training clips",
+    )
+    data.add_argument(
+        "--max-test-clips", type=_positive_int, help="use only the first N test clips"
+    )
+    parser.add_argument("--out", required=True, help="run folder for all outputs")
+    parser.add_argument(
+        "--config",
+        help="JSON file with configuration sections; options below override it",
+    )
+    parser.add_argument(
+        "--cache-dir", help="feature cache folder (default: $XDG_CACHE_HOME/mulde)"
+    )
+
+    model = parser.add_argument_group("detector")
+    model.add_argument(
+        "--weighting",
+        choices=["sigma2", "gaussian"],
+        help="loss weighting lambda(sigma) (default sigma2)",
+    )
+    model.add_argument(
+        "--sigma0",
+        type=float,
+        help="centre of the gaussian weighting, in standard deviations (default 0.33)",
+    )
+    model.add_argument(
+        "--s", type=float, help="width of the gaussian weighting (default 0.075)"
+    )
+    model.add_argument(
+        "--importance-sampling",
+        action="store_true",
+        default=None,
+        help="draw sigma from a proposal near p(sigma) lambda(sigma) (default off)",
+    )
+    model.add_argument(
+        "--epochs", type=_positive_int, help="training epochs (default 30)"
+    )
+    model.add_argument(
+        "--hidden-sizes", type=_widths, help="hidden widths, e.g. 1024,1024 (default)"
+    )
+    model.add_argument(
+        "--batch-size", type=_positive_int, help="batch size (default 1024)"
+    )
+    model.add_argument(
+        "--learning-rate", type=float, help="Adam learning rate (default 1e-4)"
+    )
+    model.add_argument("--beta", type=float, help="regulariser weight (default 0.1)")
+    model.add_argument(
+        "--n-levels", type=_positive_int, help="evaluation levels L (default 16)"
+    )
+    model.add_argument(
+        "--level-grid",
+        choices=["linear", "log"],
+        help="evaluation grid (default linear)",
+    )
+    model.add_argument(
+        "--aggregation",
+        choices=["gmm", "max", "mean", "median"],
+        help="how the L levels become one score (default gmm)",
+    )
+    model.add_argument(
+        "--n-components", type=_positive_int, help="mixture components (default 1)"
+    )
+    model.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
+
+    scoring = parser.add_argument_group("features and scoring")
+    scoring.add_argument(
+        "--features",
+        choices=["object", "frame"],
+        help="object-centric or frame-centric features (default object)",
+    )
+    scoring.add_argument(
+        "--scoring",
+        choices=["concat", "per_group"],
+        help="one detector on all feature groups, or one per group (default concat)",
+    )
+    scoring.add_argument(
+        "--smoothing",
+        type=float,
+        help="Gaussian smoothing of frame scores along time, sigma in frames "
+        "(default 3)",
+    )
+    parser.add_argument(
+        "--seed", type=int, help="seed of every random draw (default 0)"
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved configuration as JSON and exit",
+    )
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="only warnings and errors"
+    )
+
+
+def _add_data_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "data",
+        help="show where to download a data set, or unpack its archive",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "dataset", choices=["ped1", "ped2", "avenue", "shanghaitech"], help="data set"
+    )
+    parser.add_argument("--unpack", metavar="ARCHIVE", help="archive file to unpack")
+    parser.add_argument(
+        "--dest", default="data", help="folder to unpack the archive into"
+    )
+
+
+def resolve_run_config(args: argparse.Namespace):
+    from mulde.config import RunConfig
+
+    config = RunConfig.from_file(Path(args.config)) if args.config else RunConfig()
+    dataset = config.dataset
+    dataset.name = args.dataset
+    for name in (
+        "root",
+        "train_dir",
+        "test_dir",
+        "labels",
+        "max_train_clips",
+        "max_test_clips",
+    ):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(dataset, name, value)
+    detector_options = {
+        "weighting": args.weighting,
+        "sigma0": args.sigma0,
+        "s": args.s,
+        "importance_sampling": args.importance_sampling,
+        "epochs": args.epochs,
+        "hidden_sizes": args.hidden_sizes,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "beta": args.beta,
+        "n_levels": args.n_levels,
+        "level_grid": args.level_grid,
+        "aggregation": args.aggregation,
+        "n_components": args.n_components,
+        "device": args.device,
+    }
+    config.detector |= {k: v for k, v in detector_options.items() if v is not None}
+    if args.features is not None:
+        config.features["mode"] = args.features
+    if args.scoring is not None:
+        config.scoring.scoring = args.scoring
+    if args.smoothing is not None:
+        config.scoring.smoothing_sigma = args.smoothing
+    if args.seed is not None:
+        config.seed = args.seed
+    if args.cache_dir is not None:
+        config.cache_dir = args.cache_dir
+    if args.quiet:
+        config.verbose = 0
+    config.validate()
+    return config
+
+
+def _run(args: argparse.Namespace) -> int:
+    from mulde.pipeline import run
+
+    config = resolve_run_config(args)
+    if args.dry_run:
+        print(json.dumps(config.to_dict(), indent=2))
+        return 0
+    metrics = run(config, Path(args.out))
+    print(
+        f"micro AUC {metrics['micro_auc']:.4f}  macro AUC "
+        f"{metrics['macro_auc'] if metrics['macro_auc'] is None else round(metrics['macro_auc'], 4)}"
+        f"  AP {metrics['average_precision']:.4f}  report: "
+        f"{Path(args.out) / 'report.html'}"
+    )
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    from mulde.video.archive import describe_sources, unpack_archive
+
+    if args.unpack is None:
+        print(describe_sources(args.dataset))
+        return 0
+    root = unpack_archive(Path(args.unpack), Path(args.dest), args.dataset)
+    print(
+        f"Unpacked {args.dataset} to {root}; run it with: mulde run --dataset "
+        f"{args.dataset} --root {root} --out runs/{args.dataset}"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mulde",
+        description="Video anomaly detection by multiscale denoising score matching.",
+    )
+    parser.add_argument("--version", action="version", version=f"mulde {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_run_parser(subparsers)
+    _add_data_parser(subparsers)
+    try:
+        from mulde.study import add_study_parser
+    except ImportError:
+        pass
+    else:
+        add_study_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    quiet = getattr(args, "quiet", False)
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    commands = {"run": _run, "data": _data}
+    if args.command == "study":
+        from mulde.study import study_command
+
+        commands["study"] = study_command
+    try:
+        return commands[args.command](args)
+    except (ValueError, FileNotFoundError, NotADirectoryError, RuntimeError) as error:
+        print(f"mulde {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,634 @@
+"""Feature records, the feature configuration, and cached extraction of datasets.
+
+:func:`extract_dataset` writes one ``.npz`` file per clip under
+``cache_dir/<mode>-<hash12>/<split>/<clip>.npz``, where ``hash12`` is the first
+12 hex digits of the SHA-256 of the configuration fields that change features.
+Next to the split folders, ``manifest.json`` records the extractor, the package
+version, the configuration, the backbone, and each clip's frame count and source
+signature (path, modification time, size). A clip is reused when its manifest
+entry matches its current source and its file loads, so an interrupted run
+resumes where it stopped and a changed source is extracted again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from mulde.features.flow import DEFAULT_MAGNITUDE_EDGES, FLOW_PRESETS
+from mulde.features.proposals import ProposalConfig
+from mulde.video.clips import Clip, VideoDataset
+
+__all__ = [
+    "EXTRACTOR_NAME",
+    "FEATURE_MODES",
+    "ClipFeatures",
+    "FeatureConfig",
+    "cache_folder",
+    "extract_clip",
+    "extract_dataset",
+    "load_clip_features",
+    "save_clip_features",
+]
+
+logger = logging.getLogger(__name__)
+
+EXTRACTOR_NAME = "mulde.features"
+# Bump when a change to the extraction code changes the features, so that old
+# caches land in a different folder.
+EXTRACTOR_VERSION = 1
+FEATURE_MODES = ("object", "frame")
+OBJECT_GROUPS = ("velocity", "appearance", "geometry")
+FRAME_GROUPS = ("appearance", "motion")
+WINDOW_MODES = ("centered", "causal")
+FRAME_POOLINGS = ("meanmax", "grid2")
+MANIFEST_NAME = "manifest.json"
+# FeatureConfig fields that change speed but not the features, left out of the hash.
+_RUNTIME_FIELDS = ("device", "batch_size", "threaded", "torch_threads")
+_TEMP_PREFIX = ".tmp-"
+
+
+@dataclass(frozen=True)
+class ClipFeatures:
+    """Feature rows of one clip: one row per object, or one row per frame.
+
+    Parameters
+    ----------
+    n_frames : int
+        Number of frames read from the clip.
+    frame_index : numpy.ndarray of int64, shape (n_rows,)
+        Frame of each row, in [0, n_frames) and non-decreasing. Frames without
+        objects have no rows.
+    boxes : numpy.ndarray of float32, shape (n_rows, 4)
+        (x0, y0, x1, y1) in pixels with exclusive ends; the whole frame for
+        frame-centric rows.
+    groups : dict of str to numpy.ndarray of float32, shape (n_rows, d_group)
+        Named feature groups: "velocity", "appearance" and "geometry" for
+        object-centric features, "appearance" and "motion" for frame-centric ones.
+    """
+
+    n_frames: int
+    frame_index: np.ndarray
+    boxes: np.ndarray
+    groups: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def n_rows(self) -> int:
+        """Number of feature rows."""
+        return len(self.frame_index)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` if shapes, dtypes or frame indices are inconsistent."""
+        n_rows = len(self.frame_index)
+        if self.n_frames < 0:
+            raise ValueError(f"n_frames must be non-negative, got {self.n_frames}")
+        if self.frame_index.ndim != 1 or self.frame_index.dtype != np.int64:
+            raise ValueError(
+                "frame_index must be a 1-D int64 array, got "
+                f"{self.frame_index.dtype} of shape {self.frame_index.shape}"
+            )
+        if n_rows and (
+            self.frame_index.min() < 0 or self.frame_index.max() >= self.n_frames
+        ):
+            raise ValueError(f"frame_index values must lie in [0, {self.n_frames})")
+        if n_rows and np.any(np.diff(self.frame_index) < 0):
+            raise ValueError("frame_index must be non-decreasing")
+        if self.boxes.shape != (n_rows, 4) or self.boxes.dtype != np.float32:
+            raise ValueError(
+                f"boxes must be float32 of shape ({n_rows}, 4), got {self.boxes.dtype} "
+                f"of shape {self.boxes.shape}"
+            )
+        for name, values in self.groups.items():
+            if values.ndim != 2 or len(values) != n_rows or values.dtype != np.float32:
+                raise ValueError(
+                    f"group {name!r} must be float32 of shape ({n_rows}, d), got "
+                    f"{values.dtype} of shape {values.shape}"
+                )
+
+    def features(self, groups: list[str] | tuple[str, ...] | None = None) -> np.ndarray:
+        """Concatenate feature groups column-wise.
+
+        Parameters
+        ----------
+        groups : sequence of str, optional
+            Group names in the order wanted; all groups in stored order by default.
+
+        Returns
+        -------
+        numpy.ndarray of float32, shape (n_rows, sum of d_group)
+        """
+        names = list(self.groups) if groups is None else list(groups)
+        missing = [name for name in names if name not in self.groups]
+        if missing:
+            raise KeyError(
+                f"unknown group(s) {missing}; available: {list(self.groups)}"
+            )
+        if not names:
+            return np.zeros((self.n_rows, 0), dtype=np.float32)
+        return np.concatenate([self.groups[name] for name in names], axis=1)
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Settings of feature extraction.
+
+    Parameters
+    ----------
+    mode : str
+        ``"object"`` for one row per proposed object, ``"frame"`` for one row per
+        frame.
+    backbone : str
+        Backbone registry name, see :func:`mulde.features.backbone.get_backbone`.
+    crop_size : int
+        Side in pixels of the square crops that the backbone embeds (object mode).
+        The default 64 keeps object extraction fast on CPUs: EfficientNet-Lite0
+        runs about four times as many 64 px crops per second as 96 px crops.
+    crop_context : float
+        Fraction by which the square around each box is enlarged before cropping.
+    flow_preset : str
+        OpenCV DIS preset: ``"ultrafast"``, ``"fast"`` or ``"medium"``.
+    direction_bins : int
+        Number of flow direction bins.
+    magnitude_edges : tuple of float
+        Increasing inner edges of the flow magnitude bins in pixels per frame.
+    proposals : ProposalConfig
+        Object proposal parameters (object mode).
+    window : int
+        Number of frames that frame-centric features are averaged over (frame
+        mode); 1 disables averaging.
+    window_mode : str
+        ``"centered"`` averages frames t - window // 2 .. t + (window - 1) // 2,
+        ``"causal"`` averages frames t - window + 1 .. t; windows are cut at the
+        ends of the clip.
+    frame_pooling : str
+        Spatial pooling of the frame feature map (frame mode): ``"meanmax"``
+        (mean and max over space) or ``"grid2"`` (mean over each cell of a 2x2
+        grid).
+    frame_scale : float
+        Factor by which frames are resized before the backbone (frame mode).
+    device : str
+        Torch device of the backbone.
+    batch_size : int
+        Maximum number of crops or frames per backbone forward pass.
+    threaded : bool
+        Decode frames and compute flow and proposals in a background thread while
+        the backbone runs.
+    torch_threads : int or None
+        Torch intra-op threads during extraction; the previous setting is restored
+        afterwards. None keeps torch's setting, less one thread (at least one) when
+        ``threaded`` is true, so that the background thread has a core. Torch's
+        thread pool slows down by an order of magnitude when its threads compete
+        with other busy threads for cores.
+    """
+
+    mode: str = "object"
+    backbone: str = "efficientnet_lite0"
+    crop_size: int = 64
+    crop_context: float = 0.1
+    flow_preset: str = "fast"
+    direction_bins: int = 8
+    magnitude_edges: tuple[float, ...] = DEFAULT_MAGNITUDE_EDGES
+    proposals: ProposalConfig = field(default_factory=ProposalConfig)
+    window: int = 5
+    window_mode: str = "centered"
+    frame_pooling: str = "meanmax"
+    frame_scale: float = 1.0
+    device: str = "cpu"
+    batch_size: int = 64
+    threaded: bool = True
+    torch_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_choice("mode", self.mode, FEATURE_MODES)
+        _check_choice("flow_preset", self.flow_preset, tuple(FLOW_PRESETS))
+        _check_choice("window_mode", self.window_mode, WINDOW_MODES)
+        _check_choice("frame_pooling", self.frame_pooling, FRAME_POOLINGS)
+        if isinstance(self.proposals, dict):
+            object.__setattr__(
+                self, "proposals", ProposalConfig.from_dict(self.proposals)
+            )
+        edges = tuple(float(edge) for edge in self.magnitude_edges)
+        object.__setattr__(self, "magnitude_edges", edges)
+        if any(b <= a for a, b in zip(edges, edges[1:], strict=False)) or (
+            edges and edges[0] <= 0
+        ):
+            raise ValueError(
+                f"magnitude_edges must be positive and increasing, got {edges}"
+            )
+        for name in ("crop_size", "direction_bins", "window", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(
+                    f"{name} must be at least 1, got {getattr(self, name)}"
+                )
+        if self.crop_context < 0:
+            raise ValueError(
+                f"crop_context must be non-negative, got {self.crop_context}"
+            )
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError(
+                f"torch_threads must be at least 1 or None, got {self.torch_threads}"
+            )
+        if self.frame_scale <= 0:
+            raise ValueError(f"frame_scale must be positive, got {self.frame_scale}")
+
+    def to_dict(self) -> dict:
+        """Return the settings as a JSON-compatible dict."""
+        values = asdict(self)
+        values["magnitude_edges"] = list(self.magnitude_edges)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict) -> FeatureConfig:
+        """Build a config from a dict such as the output of :meth:`to_dict`.
+
+        Raises
+        ------
+        ValueError
+            If a key is not a field; the message lists the valid fields.
+        """
+        valid = [item.name for item in fields(cls)]
+        unknown = sorted(set(values) - set(valid))
+        if unknown:
+            raise ValueError(
+                f"unknown feature config key(s) {', '.join(unknown)}; valid keys: "
+                f"{', '.join(valid)}"
+            )
+        values = dict(values)
+        if isinstance(values.get("proposals"), dict):
+            values["proposals"] = ProposalConfig.from_dict(values["proposals"])
+        if "magnitude_edges" in values:
+            values["magnitude_edges"] = tuple(values["magnitude_edges"])
+        return cls(**values)
+
+    def config_hash(self) -> str:
+        """Return the SHA-256 hex digest of the fields that change the features."""
+        values = self.to_dict()
+        for name in _RUNTIME_FIELDS:
+            values.pop(name)
+        values["extractor_version"] = EXTRACTOR_VERSION
+        text = json.dumps(values, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(
+            f"invalid {name} {value!r}; valid values: {', '.join(choices)}"
+        )
+
+
+def save_clip_features(features: ClipFeatures, path: Path) -> None:
+    """Write clip features to ``path`` atomically as an uncompressed ``.npz``.
+
+    The data goes to a temporary file in the same folder, which then replaces
+    ``path`` with ``os.replace``, so readers see either the old or the new file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "n_frames": np.asarray(features.n_frames, dtype=np.int64),
+        "frame_index": features.frame_index,
+        "boxes": features.boxes,
+        "group_names": np.asarray(list(features.groups), dtype=np.str_),
+    }
+    for name, values in features.groups.items():
+        arrays[f"group.{name}"] = values
+    descriptor, temp_name = tempfile.mkstemp(
+        prefix=_TEMP_PREFIX, suffix=".npz", dir=path.parent
+    )
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            np.savez(handle, **arrays)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def load_clip_features(path: Path) -> ClipFeatures:
+    """Read clip features written by :func:`save_clip_features`.
+
+    Raises
+    ------
+    ValueError
+        If the file is truncated, not an ``.npz``, misses arrays or has
+        inconsistent shapes.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            names = [str(name) for name in data["group_names"]]
+            return ClipFeatures(
+                n_frames=int(data["n_frames"]),
+                frame_index=data["frame_index"],
+                boxes=data["boxes"],
+                groups={name: data[f"group.{name}"] for name in names},
+            )
+    except (OSError, EOFError, KeyError, zipfile.BadZipFile) as error:
+        raise ValueError(f"invalid feature file {path}: {error}") from error
+
+
+def cache_folder(cache_dir: Path, config: FeatureConfig) -> Path:
+    """Return the cache folder of a configuration, ``cache_dir/<mode>-<hash12>``."""
+    return Path(cache_dir) / f"{config.mode}-{config.config_hash()[:12]}"
+
+
+def extract_clip(
+    clip: Clip,
+    config: FeatureConfig,
+    backbone,
+    on_frame: Callable[[], None] | None = None,
+) -> ClipFeatures:
+    """Extract the features of one clip in the mode that ``config`` selects.
+
+    Parameters
+    ----------
+    clip : Clip
+    config : FeatureConfig
+    backbone : Backbone
+        Built by :func:`mulde.features.backbone.get_backbone` from ``config``.
+    on_frame : callable, optional
+        Called once per processed frame, for progress bars.
+
+    Returns
+    -------
+    ClipFeatures
+    """
+    # Imported here because objects and frames import this module for the records.
+    if config.mode == "object":
+        from mulde.features.objects import extract_object_features
+
+        return extract_object_features(clip.source, config, backbone, on_frame=on_frame)
+    from mulde.features.frames import extract_frame_features
+
+    return extract_frame_features(clip.source, config, backbone, on_frame=on_frame)
+
+
+def extract_dataset(
+    dataset: VideoDataset,
+    config: FeatureConfig,
+    cache_dir: Path,
+    verbose: bool = True,
+) -> dict[str, dict[str, ClipFeatures]]:
+    """Extract the features of every clip of a dataset, reusing cached clips.
+
+    Parameters
+    ----------
+    dataset : VideoDataset
+    config : FeatureConfig
+    cache_dir : Path
+        Root folder of feature caches; each configuration gets its own subfolder
+        (see :func:`cache_folder`).
+    verbose : bool
+        Show a progress bar over frames.
+
+    Returns
+    -------
+    dict of str to dict of str to ClipFeatures
+        ``result[split][clip.name]`` for the splits ``"train"`` and ``"test"``.
+
+    Raises
+    ------
+    ValueError
+        If two clips of one split share a name.
+    """
+    from mulde.features.backbone import get_backbone
+
+    folder = cache_folder(cache_dir, config)
+    folder.mkdir(parents=True, exist_ok=True)
+    splits = {"train": list(dataset.train), "test": list(dataset.test)}
+    for split, clips in splits.items():
+        names = [clip.name for clip in clips]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(
+                f"{split} clips of {dataset.name!r} share names: {duplicates}"
+            )
+        _remove_temp_files(folder / split)
+
+    backbone = get_backbone(
+        config.backbone, device=config.device, batch_size=config.batch_size
+    )
+    header = _manifest_header(config, backbone)
+    manifest = _read_manifest(folder / MANIFEST_NAME)
+    # The stored config also has the runtime fields (device, batch size), which
+    # may differ between runs that share this folder, so only its hash is compared.
+    compared = [key for key in header if key != "config"]
+    if manifest is None or any(manifest.get(key) != header[key] for key in compared):
+        if manifest is not None:
+            logger.info(
+                "manifest in %s does not match this extraction; extracting again",
+                folder,
+            )
+        manifest = dict(header, clips={"train": {}, "test": {}})
+
+    results: dict[str, dict[str, ClipFeatures]] = {}
+    for split, clips in splits.items():
+        results[split] = _extract_split(
+            split, clips, config, backbone, folder, manifest, verbose
+        )
+    return results
+
+
+def _extract_split(
+    split: str,
+    clips: list[Clip],
+    config: FeatureConfig,
+    backbone,
+    folder: Path,
+    manifest: dict,
+    verbose: bool,
+) -> dict[str, ClipFeatures]:
+    from tqdm.auto import tqdm
+
+    entries = manifest["clips"].setdefault(split, {})
+    features: dict[str, ClipFeatures] = {}
+    pending: list[tuple[Clip, dict]] = []
+    for clip in clips:
+        signature = _source_signature(clip.source)
+        cached = _load_cached(folder, split, clip, entries.get(clip.name), signature)
+        if cached is None:
+            pending.append((clip, signature))
+        else:
+            features[clip.name] = cached
+
+    start = time.perf_counter()
+    n_frames = 0
+    total = _count_frames([clip for clip, _ in pending]) if pending else 0
+    with tqdm(
+        total=total,
+        unit="frame",
+        desc=f"features {split}",
+        disable=not verbose or not pending,
+    ) as progress:
+        for clip, signature in pending:
+            clip_features = extract_clip(
+                clip, config, backbone, on_frame=lambda: progress.update(1)
+            )
+            relative = f"{split}/{clip.name}.npz"
+            save_clip_features(clip_features, folder / relative)
+            entries[clip.name] = dict(
+                signature,
+                n_frames=clip_features.n_frames,
+                n_rows=clip_features.n_rows,
+                file=relative,
+            )
+            _write_manifest(folder / MANIFEST_NAME, manifest)
+            features[clip.name] = clip_features
+            n_frames += clip_features.n_frames
+    seconds = time.perf_counter() - start
+
+    n_objects = sum(features[clip.name].n_rows for clip, _ in pending)
+    rate = n_frames / seconds if seconds > 0 and n_frames else 0.0
+    logger.info(
+        "%s: %d clips (%d extracted, %d cached), %d frames, %d rows, %.1f s, "
+        "%.1f frames/s",
+        split,
+        len(clips),
+        len(pending),
+        len(clips) - len(pending),
+        n_frames,
+        n_objects,
+        seconds,
+        rate,
+    )
+    return {clip.name: features[clip.name] for clip in clips}
+
+
+def _load_cached(
+    folder: Path, split: str, clip: Clip, entry: dict | None, signature: dict
+) -> ClipFeatures | None:
+    """Return the cached features of a clip, or None if they must be extracted."""
+    if entry is None:
+        return None
+    if any(entry.get(key) != value for key, value in signature.items()):
+        logger.info("source of %s clip %s changed; extracting again", split, clip.name)
+        return None
+    path = folder / entry.get("file", f"{split}/{clip.name}.npz")
+    if not path.is_file():
+        return None
+    try:
+        features = load_clip_features(path)
+    except ValueError as error:
+        logger.warning("%s; extracting %s clip %s again", error, split, clip.name)
+        return None
+    if features.n_frames != entry.get("n_frames") or features.n_rows != entry.get(
+        "n_rows"
+    ):
+        logger.warning(
+            "feature file %s does not match its manifest entry; "
+            "extracting %s clip %s again",
+            path,
+            split,
+            clip.name,
+        )
+        return None
+    return features
+
+
+def _manifest_header(config: FeatureConfig, backbone) -> dict:
+    from mulde import __version__
+
+    return {
+        "extractor": EXTRACTOR_NAME,
+        "extractor_version": EXTRACTOR_VERSION,
+        "package_version": __version__,
+        "config": config.to_dict(),
+        "config_hash": config.config_hash(),
+        "backbone": {
+            "name": backbone.name,
+            "version": backbone.version,
+            "dim": backbone.dim,
+        },
+    }
+
+
+def _read_manifest(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        logger.warning(
+            "invalid manifest %s (%s); extracting all clips again", path, error
+        )
+        return None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("clips"), dict):
+        logger.warning("invalid manifest %s; extracting all clips again", path)
+        return None
+    return manifest
+
+
+def _write_manifest(path: Path, manifest: dict) -> None:
+    descriptor, temp_name = tempfile.mkstemp(
+        prefix=_TEMP_PREFIX, suffix=".json", dir=path.parent
+    )
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            json.dump(manifest, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def _remove_temp_files(folder: Path) -> None:
+    """Delete temporary files that an interrupted run left behind."""
+    for parent in (folder, folder.parent):
+        if not parent.is_dir():
+            continue
+        for temp in parent.glob(f"{_TEMP_PREFIX}*"):
+            logger.info("removing temporary file %s left by an interrupted run", temp)
+            temp.unlink(missing_ok=True)
+
+
+def _source_signature(source: Path) -> dict:
+    """Describe a clip source so that edits to it invalidate its cache entry.
+
+    For a video file, ``mtime_ns`` and ``size`` (bytes) are the file's. For a
+    folder of frames they are the latest modification time and the total size of
+    the files directly inside it, and ``n_files`` counts them.
+    """
+    source = Path(source)
+    if source.is_dir():
+        stats = [entry.stat() for entry in os.scandir(source) if entry.is_file()]
+        return {
+            "source": str(source.resolve()),
+            "mtime_ns": max((stat.st_mtime_ns for stat in stats), default=0),
+            "size": sum(stat.st_size for stat in stats),
+            "n_files": len(stats),
+        }
+    stat = source.stat()
+    return {
+        "source": str(source.resolve()),
+        "mtime_ns": stat.st_mtime_ns,
+        "size": stat.st_size,
+    }
+
+
+def _count_frames(clips: list[Clip]) -> int | None:
+    """Return the total frame count of the clips, or None if a count fails."""
+    from mulde.video.readers import count_frames
+
+    try:
+        return sum(count_frames(clip.source) for clip in clips)
+    except (OSError, ValueError) as error:
+        logger.info("could not count frames for the progress bar: %s", error)
+        return None

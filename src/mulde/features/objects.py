@@ -1,0 +1,419 @@
+"""Object-centric features of a clip, streamed frame by frame.
+
+For each frame the proposer finds object boxes, and each object gets three feature
+groups:
+
+- ``"velocity"``: :func:`mulde.features.flow.box_flow_features` of the frame's
+  velocity field inside the box;
+- ``"appearance"``: the backbone embedding of a square crop around the box;
+- ``"geometry"``: centre y / H, width / W, height / H, area / (W * H) and the
+  aspect ratio width / height in pixels, where H and W are the frame size.
+
+The velocity field of frame t > 0 is the motion since frame t - 1, sampled on the
+pixel grid of frame t. Frame 0 has no previous frame, so its velocity field is the
+flow from frame 0 to frame 1, which is the same motion one frame earlier. A clip of
+one frame has zero velocity.
+
+Decoding, flow, proposals and cropping run in a background thread while the
+backbone embeds the crops of earlier frames in batches (OpenCV and torch release
+the GIL), unless ``config.threaded`` is false. Torch then gets one thread less
+than it has (see ``FeatureConfig.torch_threads``).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import cv2
+import numpy as np
+import torch
+
+from mulde.features.backbone import Backbone, get_backbone
+from mulde.features.cache import ClipFeatures, FeatureConfig
+from mulde.features.flow import FlowEstimator, box_flow_dim, box_flow_features
+from mulde.features.proposals import BackgroundSampler, ProposalExtractor
+
+__all__ = [
+    "GEOMETRY_DIM",
+    "FrameSource",
+    "box_geometry",
+    "crop_boxes",
+    "extract_object_features",
+    "iter_velocity",
+    "open_frames",
+    "prefetch",
+    "torch_threads",
+]
+
+FrameSource = Path | str | Callable[[], Iterable[np.ndarray]]
+GEOMETRY_DIM = 5
+
+T = TypeVar("T")
+
+
+def open_frames(source: FrameSource) -> Iterator[np.ndarray]:
+    """Start a new pass over the uint8 RGB frames (H, W, 3) of a clip.
+
+    Parameters
+    ----------
+    source : Path, str or callable
+        A folder of frames or a video file, read with
+        :func:`mulde.video.readers.iter_frames`, or a callable that returns a new
+        iterable of frames on each call (for tests and in-memory clips).
+    """
+    if callable(source):
+        return iter(source())
+    from mulde.video.readers import iter_frames
+
+    return iter_frames(Path(source))
+
+
+def prefetch(items: Iterable[T], maxsize: int = 8) -> Iterator[T]:
+    """Iterate over ``items`` produced in a background thread.
+
+    At most ``maxsize`` items wait in the queue. An exception in the producer is
+    raised again in the consumer. When the consumer stops early, the producer
+    stops at its next item.
+    """
+    buffer: queue.Queue = queue.Queue(maxsize=maxsize)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+        except BaseException as error:  # re-raised in the consumer thread
+            put((False, error))
+            return
+        put((True, done))
+
+    thread = threading.Thread(
+        target=produce, name="mulde-features-producer", daemon=True
+    )
+    thread.start()
+    try:
+        while True:
+            ok, item = buffer.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+@contextmanager
+def torch_threads(requested: int | None, threaded: bool) -> Iterator[int]:
+    """Set torch's intra-op thread count for a block and restore it afterwards.
+
+    With ``requested`` None, the count is torch's current one, less one (at least
+    one) when ``threaded`` is true. Torch's setting is process-wide, so other
+    threads that run torch at the same time get the same count. Yields the count.
+    """
+    previous = torch.get_num_threads()
+    if requested is None:
+        requested = max(1, previous - 1) if threaded else previous
+    if requested != previous:
+        torch.set_num_threads(requested)
+    try:
+        yield requested
+    finally:
+        if requested != previous:
+            torch.set_num_threads(previous)
+
+
+def iter_velocity(
+    grays: Iterable[np.ndarray], estimator: FlowEstimator
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Pair each grayscale frame with its velocity field.
+
+    Frame 0 is yielded once frame 1 has arrived, with the flow from frame 0 to
+    frame 1 as its velocity; later frames get the motion since the previous
+    frame (see the module docstring). A single frame gets zero velocity.
+
+    Parameters
+    ----------
+    grays : iterable of numpy.ndarray of uint8, shape (H, W)
+    estimator : FlowEstimator
+
+    Yields
+    ------
+    gray : numpy.ndarray of uint8, shape (H, W)
+    velocity : numpy.ndarray of float32, shape (H, W, 2)
+        (dx, dy) in pixels per frame.
+    """
+    previous = None
+    n_frames = 0
+    for gray in grays:
+        n_frames += 1
+        if n_frames == 2:
+            yield previous, estimator.flow(previous, gray)
+        if n_frames >= 2:
+            yield gray, estimator.velocity(previous, gray)
+        previous = gray
+    if n_frames == 1:
+        yield previous, np.zeros(previous.shape + (2,), dtype=np.float32)
+
+
+def box_geometry(boxes: np.ndarray, frame_shape: tuple[int, int]) -> np.ndarray:
+    """Describe the position and shape of each box relative to the frame.
+
+    Parameters
+    ----------
+    boxes : numpy.ndarray, shape (n_boxes, 4)
+        (x0, y0, x1, y1) in pixels.
+    frame_shape : tuple of int
+        (H, W) of the frame.
+
+    Returns
+    -------
+    numpy.ndarray of float32, shape (n_boxes, 5)
+        Centre y / H, width / W, height / H, area / (W * H), width / height.
+    """
+    height, width = frame_shape
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    box_width = boxes[:, 2] - boxes[:, 0]
+    box_height = boxes[:, 3] - boxes[:, 1]
+    geometry = np.stack(
+        [
+            (boxes[:, 1] + boxes[:, 3]) / (2.0 * height),
+            box_width / width,
+            box_height / height,
+            box_width * box_height / (width * height),
+            box_width / np.maximum(box_height, 1.0),
+        ],
+        axis=1,
+    )
+    return geometry.astype(np.float32)
+
+
+def crop_boxes(
+    image: np.ndarray, boxes: np.ndarray, size: int, context: float = 0.1
+) -> np.ndarray:
+    """Cut a square crop around each box and resize it to ``size`` x ``size``.
+
+    The square's side is the box's longer side times ``1 + context``, centred on
+    the box, so the object keeps its aspect ratio. Parts outside the frame repeat
+    the border pixels.
+
+    Parameters
+    ----------
+    image : numpy.ndarray of uint8, shape (H, W, 3)
+    boxes : numpy.ndarray, shape (n_boxes, 4)
+        (x0, y0, x1, y1) in pixels.
+    size : int
+        Output side in pixels.
+    context : float
+        Relative enlargement of the square.
+
+    Returns
+    -------
+    numpy.ndarray of uint8, shape (n_boxes, size, size, 3)
+    """
+    height, width = image.shape[:2]
+    crops = np.empty((len(boxes), size, size, 3), dtype=np.uint8)
+    for row, (x0, y0, x1, y1) in enumerate(np.asarray(boxes, dtype=np.float64)):
+        side = max(int(round(max(x1 - x0, y1 - y0) * (1.0 + context))), 2)
+        left = int(round((x0 + x1 - side) / 2.0))
+        top = int(round((y0 + y1 - side) / 2.0))
+        inner_left, inner_top = max(left, 0), max(top, 0)
+        inner_right, inner_bottom = min(left + side, width), min(top + side, height)
+        patch = image[inner_top:inner_bottom, inner_left:inner_right]
+        if patch.shape[0] != side or patch.shape[1] != side:
+            patch = cv2.copyMakeBorder(
+                patch,
+                inner_top - top,
+                top + side - inner_bottom,
+                inner_left - left,
+                left + side - inner_right,
+                cv2.BORDER_REPLICATE,
+            )
+        interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+        crops[row] = cv2.resize(patch, (size, size), interpolation=interpolation)
+    return crops
+
+
+@dataclass
+class _FrameObjects:
+    """Objects of one frame, before their crops are embedded."""
+
+    index: int
+    boxes: np.ndarray  # float32 (n, 4)
+    velocity: np.ndarray  # float32 (n, d_velocity)
+    geometry: np.ndarray  # float32 (n, 5)
+    crops: np.ndarray  # uint8 (n, size, size, 3)
+
+
+def _sample_background(source: FrameSource, max_frames: int) -> list[np.ndarray]:
+    sampler = BackgroundSampler(max_frames)
+    for rgb in open_frames(source):
+        sampler.add(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
+    return sampler.frames
+
+
+def _iter_frame_objects(
+    source: FrameSource, config: FeatureConfig
+) -> Iterator[_FrameObjects]:
+    """Yield the objects of each frame, without appearance, in frame order."""
+    proposer = ProposalExtractor(config.proposals)
+    if config.proposals.needs_background:
+        samples = _sample_background(source, config.proposals.background_frames)
+        if not samples:
+            return
+        proposer.fit(samples)
+    estimator = FlowEstimator(config.flow_preset)
+    # Boxes must be proposed in frame order, before frame 0's velocity is known,
+    # because the "diff" and adaptive proposers keep state between frames.
+    pending: list[tuple[np.ndarray, np.ndarray]] = []
+    frame_shape = None
+
+    def grays() -> Iterator[np.ndarray]:
+        nonlocal frame_shape
+        for rgb in open_frames(source):
+            if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+                raise ValueError(
+                    f"frames must be uint8 RGB (H, W, 3), got {rgb.dtype} {rgb.shape}"
+                )
+            if frame_shape is None:
+                frame_shape = rgb.shape
+            elif rgb.shape != frame_shape:
+                raise ValueError(
+                    f"frame size changed from {frame_shape} to {rgb.shape}"
+                )
+            gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+            pending.append((rgb, proposer.propose(gray, rgb)))
+            yield gray
+
+    for index, (gray, velocity) in enumerate(iter_velocity(grays(), estimator)):
+        rgb, boxes = pending.pop(0)
+        yield _FrameObjects(
+            index=index,
+            boxes=boxes,
+            velocity=box_flow_features(
+                velocity, boxes, config.direction_bins, config.magnitude_edges
+            ),
+            geometry=box_geometry(boxes, gray.shape),
+            crops=crop_boxes(rgb, boxes, config.crop_size, config.crop_context),
+        )
+
+
+def extract_object_features(
+    source: FrameSource,
+    config: FeatureConfig | None = None,
+    backbone: Backbone | None = None,
+    on_frame: Callable[[], None] | None = None,
+) -> ClipFeatures:
+    """Extract object-centric features of one clip.
+
+    Parameters
+    ----------
+    source : Path, str or callable
+        Clip source, see :func:`open_frames`. With a proposal method that learns a
+        background, the clip is read twice: once to sample background frames and
+        once to extract.
+    config : FeatureConfig, optional
+        Defaults to ``FeatureConfig()``.
+    backbone : Backbone, optional
+        Built from ``config`` when omitted.
+    on_frame : callable, optional
+        Called once per frame after its objects are embedded.
+
+    Returns
+    -------
+    ClipFeatures
+        Groups "velocity" (n_obj, box_flow_dim), "appearance" (n_obj, backbone.dim)
+        and "geometry" (n_obj, 5).
+    """
+    config = config or FeatureConfig()
+    if backbone is None:
+        backbone = get_backbone(
+            config.backbone, device=config.device, batch_size=config.batch_size
+        )
+    frames: Iterable[_FrameObjects] = _iter_frame_objects(source, config)
+    with torch_threads(config.torch_threads, config.threaded):
+        if config.threaded:
+            frames = prefetch(frames, maxsize=2 * config.batch_size)
+        done, appearance = _embed_crops(frames, backbone, config.batch_size, on_frame)
+    return _assemble(done, appearance, config, backbone.dim)
+
+
+def _embed_crops(
+    frames: Iterable[_FrameObjects],
+    backbone: Backbone,
+    batch_size: int,
+    on_frame: Callable[[], None] | None,
+) -> tuple[list[_FrameObjects], list[np.ndarray]]:
+    """Embed the crops of the frames in batches of at least ``batch_size`` crops.
+
+    Returns the frames in order and the embeddings of their crops in order.
+    """
+    done: list[_FrameObjects] = []
+    appearance: list[np.ndarray] = []
+    waiting: list[_FrameObjects] = []
+    n_waiting = 0
+
+    def embed_waiting() -> None:
+        nonlocal n_waiting
+        crops = [item.crops for item in waiting if len(item.crops)]
+        if crops:
+            appearance.append(backbone.embed(np.concatenate(crops, axis=0)))
+        done.extend(waiting)
+        if on_frame is not None:
+            for _ in waiting:
+                on_frame()
+        waiting.clear()
+        n_waiting = 0
+
+    for item in frames:
+        waiting.append(item)
+        n_waiting += len(item.boxes)
+        if n_waiting >= batch_size:
+            embed_waiting()
+    embed_waiting()
+    return done, appearance
+
+
+def _assemble(
+    frames: list[_FrameObjects],
+    appearance: list[np.ndarray],
+    config: FeatureConfig,
+    dim: int,
+) -> ClipFeatures:
+    counts = [len(item.boxes) for item in frames]
+    velocity_dim = box_flow_dim(config.direction_bins, config.magnitude_edges)
+    if sum(counts) == 0:
+        boxes = np.zeros((0, 4), dtype=np.float32)
+        velocity = np.zeros((0, velocity_dim), dtype=np.float32)
+        geometry = np.zeros((0, GEOMETRY_DIM), dtype=np.float32)
+        embeddings = np.zeros((0, dim), dtype=np.float32)
+    else:
+        boxes = np.concatenate([item.boxes for item in frames]).astype(np.float32)
+        velocity = np.concatenate([item.velocity for item in frames])
+        geometry = np.concatenate([item.geometry for item in frames])
+        embeddings = np.concatenate(appearance)
+    frame_index = np.repeat(np.arange(len(frames), dtype=np.int64), counts)
+    return ClipFeatures(
+        n_frames=len(frames),
+        frame_index=frame_index,
+        boxes=boxes,
+        groups={"velocity": velocity, "appearance": embeddings, "geometry": geometry},
+    )

@@ -1,0 +1,400 @@
+"""The main job: features of a video data set, detector fit, frame scores, metrics.
+
+Every output is written to a staging folder beside the run folder and moved into
+place only when the whole run succeeded, so a failed run leaves no partial
+output in the run folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.decomposition import PCA
+
+from mulde.config import RunConfig
+from mulde.detector import MULDE
+from mulde.evaluation import check_clip_scores, frame_metrics, smooth
+
+logger = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/mulde``, else ``~/.cache/mulde``."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mulde"
+
+
+class Timer:
+    """Wall-clock seconds per named stage."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        start = time.perf_counter()
+        logger.info("stage %s: started", name)
+        yield
+        elapsed = time.perf_counter() - start
+        self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
+        logger.info("stage %s: done in %.1f s", name, elapsed)
+
+
+@dataclass
+class GroupModel:
+    """One fitted detector and the PCA that feeds it (None keeps all columns)."""
+
+    groups: list[str]
+    pca: list[PCA | None]
+    detector: MULDE
+    # Lowest standardised training energy per level, the value of empty frames.
+    empty_level_z: np.ndarray | None = None
+
+    def transform(self, clip_groups: dict[str, np.ndarray]) -> np.ndarray:
+        parts = []
+        for group, pca in zip(self.groups, self.pca, strict=True):
+            values = clip_groups[group]
+            parts.append(values if pca is None else pca.transform(values))
+        return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def _stack(features: dict, group: str) -> np.ndarray:
+    return np.concatenate([clip.groups[group] for clip in features.values()], axis=0)
+
+
+def _fit_pca(rows: np.ndarray, n_components: int | None, seed: int) -> PCA | None:
+    if n_components is None or rows.shape[1] <= n_components:
+        return None
+    n_components = min(n_components, rows.shape[0])
+    return PCA(n_components=n_components, random_state=seed).fit(rows)
+
+
+def fit_models(train: dict, config: RunConfig) -> list[GroupModel]:
+    """Fit one detector on the concatenated groups, or one per group."""
+    options = config.scoring
+    available = set(next(iter(train.values())).groups)
+    missing = [g for g in options.groups if g not in available]
+    if missing:
+        raise ValueError(
+            f"Feature groups {missing} are not produced by feature mode "
+            f"{config.features.get('mode')!r}; available groups are {sorted(available)}."
+        )
+    if options.scoring == "concat":
+        partitions = [list(options.groups)]
+    else:
+        partitions = [[g] for g in options.groups]
+
+    models = []
+    for groups in partitions:
+        pcas = [
+            _fit_pca(_stack(train, g), options.pca_components, config.seed)
+            for g in groups
+        ]
+        model = GroupModel(groups, pcas, detector=None)  # type: ignore[arg-type]
+        rows = np.concatenate(
+            [model.transform(clip.groups) for clip in train.values()], axis=0
+        )
+        if rows.shape[0] < 2:
+            raise ValueError(
+                f"Only {rows.shape[0]} training objects were found; check the "
+                "training clips and the object proposal settings."
+            )
+        logger.info(
+            "fitting detector on %s: %d rows x %d features",
+            "+".join(groups),
+            rows.shape[0],
+            rows.shape[1],
+        )
+        model.detector = MULDE(
+            **config.detector, random_state=config.seed, verbose=config.verbose
+        ).fit(rows)
+        models.append(model)
+    return models
+
+
+def _frame_max(values: np.ndarray, frame_index: np.ndarray, n_frames: int, empty):
+    """Maximum of ``values`` (n_obj, ...) over the objects of each frame.
+
+    Frames without objects get ``empty``. Returns shape (n_frames, ...).
+    """
+    out = np.empty((n_frames,) + values.shape[1:], dtype=np.float64)
+    out[...] = empty
+    has_object = np.zeros(n_frames, dtype=bool)
+    has_object[frame_index] = True
+    reduced = np.full((n_frames,) + values.shape[1:], -np.inf)
+    np.maximum.at(reduced, frame_index, values)
+    out[has_object] = reduced[has_object]
+    return out
+
+
+def score_clips(models: list[GroupModel], test: dict) -> tuple[dict, dict]:
+    """Frame scores and per-level frame scores of each test clip.
+
+    Each model's object scores are standardised with the mean and standard
+    deviation of its training scores, then summed over models. A frame scores
+    the maximum over its objects; a frame without objects gets the lowest
+    training score, as the least anomalous value seen.
+    """
+    stats = []
+    for model in models:
+        train_scores = model.detector.decision_scores_
+        spread = train_scores.std() or 1.0
+        stats.append(
+            (
+                train_scores.mean(),
+                spread,
+                (train_scores.min() - train_scores.mean()) / spread,
+            )
+        )
+    empty_score = sum(s[2] for s in stats)
+
+    frame_scores, level_scores = {}, {}
+    for name, clip in test.items():
+        object_scores = np.zeros(clip.frame_index.shape[0])
+        object_levels = 0.0
+        empty_levels = 0.0
+        for model, (mean, spread, _) in zip(models, stats, strict=True):
+            rows = model.transform(clip.groups)
+            energies = (
+                model.detector.multiscale_scores(rows)
+                if len(rows)
+                else np.zeros((0, len(model.detector.levels_)), np.float32)
+            )
+            aggregator = model.detector.aggregator_
+            if len(rows):
+                decision = aggregator.score(
+                    _level_inputs(model.detector, rows, energies)
+                )
+            else:
+                decision = np.zeros(0)
+            object_scores = object_scores + (decision - mean) / spread
+            # Per-level standardised energies; empty frames take the lowest
+            # standardised training energy at that level.
+            level_z = (
+                energies - aggregator.mean_[: energies.shape[1]]
+            ) / aggregator.scale_[: energies.shape[1]]
+            object_levels = object_levels + level_z
+            empty_levels = empty_levels + model.empty_level_z
+        frame_scores[name] = _frame_max(
+            object_scores, clip.frame_index, clip.n_frames, empty_score
+        )
+        if np.ndim(object_levels) == 0:
+            object_levels = np.zeros((0, len(models[0].detector.levels_)))
+        level_scores[name] = _frame_max(
+            np.asarray(object_levels), clip.frame_index, clip.n_frames, empty_levels
+        )
+    return frame_scores, level_scores
+
+
+def _level_inputs(
+    detector: MULDE, rows: np.ndarray, energies: np.ndarray
+) -> np.ndarray:
+    if not detector.use_score_norms:
+        return energies
+    energies, norms = detector.multiscale_scores(rows, score_norms=True)
+    return np.concatenate([energies, norms], axis=1)
+
+
+def _prepare_level_baselines(models: list[GroupModel], train: dict) -> None:
+    """Store each model's lowest standardised training energy per level."""
+    for model in models:
+        rows = np.concatenate([model.transform(c.groups) for c in train.values()])
+        energies = model.detector.multiscale_scores(rows)
+        aggregator = model.detector.aggregator_
+        n_levels = energies.shape[1]
+        z = (energies - aggregator.mean_[:n_levels]) / aggregator.scale_[:n_levels]
+        model.empty_level_z = z.min(axis=0)
+
+
+def level_metrics(
+    level_scores: dict, labels: dict, levels: np.ndarray, sigma_frames: float
+):
+    """Micro AUC of each evaluation level alone, raw and smoothed: AUC against sigma."""
+    from sklearn.metrics import roc_auc_score
+
+    clips = list(labels)
+    y = np.concatenate([labels[c] for c in clips]).astype(int)
+    raw = np.concatenate([level_scores[c] for c in clips])  # (n_frames, L)
+    smoothed_clips = {
+        c: np.stack(
+            [
+                smooth({c: level_scores[c][:, k]}, sigma_frames)[c]
+                for k in range(len(levels))
+            ],
+            axis=1,
+        )
+        for c in clips
+    }
+    smoothed = np.concatenate([smoothed_clips[c] for c in clips])
+    return {
+        "sigma": [float(v) for v in levels],
+        "micro_auc": [float(roc_auc_score(y, raw[:, k])) for k in range(len(levels))],
+        "micro_auc_smoothed": [
+            float(roc_auc_score(y, smoothed[:, k])) for k in range(len(levels))
+        ],
+    }
+
+
+def write_scores_csv(path: Path, raw: dict, smoothed: dict, labels: dict) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["clip", "frame", "score", "score_smoothed", "label"])
+        for clip in labels:
+            for frame, (score, score_smoothed, label) in enumerate(
+                zip(raw[clip], smoothed[clip], labels[clip], strict=True)
+            ):
+                writer.writerow(
+                    [clip, frame, f"{score:.6g}", f"{score_smoothed:.6g}", int(label)]
+                )
+
+
+def run(config: RunConfig, out: Path) -> dict:
+    """Run the main job and write its outputs into ``out``; return the metrics."""
+    from mulde.features import FeatureConfig, extract_dataset
+    from mulde.report import write_report
+    from mulde.video import load_dataset
+
+    config.validate()
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"Output path {out} exists and is not a folder.")
+    timer = Timer()
+
+    with timer.stage("dataset"):
+        options = config.dataset
+        if options.root is None and options.name != "generic":
+            raise ValueError(
+                f"Dataset {options.name!r} needs --root, the dataset folder."
+            )
+        dataset = load_dataset(
+            options.name,
+            Path(options.root) if options.root else Path.cwd(),
+            train_dir=options.train_dir,
+            test_dir=options.test_dir,
+            labels=options.labels,
+        )
+        train_clips = dataset.train[: options.max_train_clips]
+        test_clips = dataset.test[: options.max_test_clips]
+        dataset = type(dataset)(dataset.name, dataset.root, train_clips, test_clips)
+        logger.info(
+            "dataset %s: %d training clips, %d test clips",
+            dataset.name,
+            len(train_clips),
+            len(test_clips),
+        )
+
+    with timer.stage("features"):
+        feature_config = FeatureConfig.from_dict(config.features)
+        cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+        features = extract_dataset(
+            dataset, feature_config, cache_dir, verbose=config.verbose >= 1
+        )
+        timer.seconds |= {
+            f"features.{k}": v for k, v in getattr(features, "timings", {}).items()
+        }
+    train, test = features["train"], features["test"]
+    labels = {clip.name: np.asarray(clip.labels).astype(int) for clip in test_clips}
+    for clip in test_clips:
+        if test[clip.name].n_frames != len(labels[clip.name]):
+            raise ValueError(
+                f"Test clip {clip.name} ({clip.source}) has {test[clip.name].n_frames} "
+                f"frames but {len(labels[clip.name])} labels."
+            )
+
+    with timer.stage("training"):
+        models = fit_models(train, config)
+
+    with timer.stage("scoring"):
+        _prepare_level_baselines(models, train)
+        raw, per_level = score_clips(models, test)
+        check_clip_scores(raw, labels)
+        smoothed = smooth(raw, config.scoring.smoothing_sigma)
+
+    metrics_raw = frame_metrics(raw, labels)
+    metrics_smoothed = frame_metrics(smoothed, labels)
+    levels = models[0].detector.levels_
+    curve = level_metrics(per_level, labels, levels, config.scoring.smoothing_sigma)
+    metrics = {
+        "dataset": dataset.name,
+        "weighting": config.detector.get("weighting"),
+        "seed": config.seed,
+        "micro_auc": metrics_smoothed["micro_auc"],
+        "macro_auc": metrics_smoothed["macro_auc"],
+        "average_precision": metrics_smoothed["average_precision"],
+        "smoothing_sigma_frames": config.scoring.smoothing_sigma,
+        "smoothed": metrics_smoothed,
+        "unsmoothed": metrics_raw,
+        "auc_by_level": curve,
+        "n_train_rows": [int(m.detector.decision_scores_.shape[0]) for m in models],
+        "timings_s": timer.seconds,
+    }
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        with timer.stage("report"):
+            (staging / "config.json").write_text(
+                json.dumps(config.to_dict(), indent=2), encoding="utf-8"
+            )
+            write_scores_csv(staging / "scores.csv", raw, smoothed, labels)
+            for model in models:
+                suffix = "" if len(models) == 1 else "-" + "+".join(model.groups)
+                model.detector.save(staging / f"detector{suffix}.safetensors")
+                _save_pca(staging / f"pca{suffix}.safetensors", model)
+            write_report(staging, metrics, raw, smoothed, labels, config.to_dict())
+        metrics["timings_s"] = timer.seconds
+        metrics["timings_s"]["total"] = sum(
+            v for k, v in timer.seconds.items() if "." not in k
+        )
+        (staging / "metrics.json").write_text(
+            json.dumps(metrics, indent=2), encoding="utf-8"
+        )
+        _publish(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info(
+        "micro AUC %.4f  macro AUC %.4f  AP %.4f  (smoothed, sigma %.1f frames) -> %s",
+        metrics["micro_auc"],
+        metrics["macro_auc"] or float("nan"),
+        metrics["average_precision"],
+        config.scoring.smoothing_sigma,
+        out,
+    )
+    return metrics
+
+
+def _save_pca(path: Path, model: GroupModel) -> None:
+    from safetensors.numpy import save_file
+
+    arrays = {}
+    for group, pca in zip(model.groups, model.pca, strict=True):
+        if pca is not None:
+            arrays[f"{group}.mean"] = pca.mean_
+            arrays[f"{group}.components"] = pca.components_
+    if arrays:
+        save_file(arrays, str(path), metadata={"groups": json.dumps(model.groups)})
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Move every staged file into ``out``, replacing older files of the same name."""
+    out.mkdir(parents=True, exist_ok=True)
+    for item in sorted(staging.iterdir()):
+        target = out / item.name
+        if target.is_dir() and not item.is_dir():
+            shutil.rmtree(target)
+        if item.is_dir():
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.move(str(item), target)
+        else:
+            os.replace(item, target)

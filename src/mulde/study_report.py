@@ -1,0 +1,224 @@
+"""Plots, Markdown and HTML report of the weighting study."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from mulde.noise import make_weighting  # noqa: E402
+
+MAIN = ("sigma2", "gaussian", "gaussian-is")
+
+
+def _fmt(entry: dict | None) -> str:
+    if not entry:
+        return "n/a"
+    if entry.get("low") is None:
+        return f"{entry['mean']:.4f}"
+    return f"{entry['mean']:.4f} [{entry['low']:.4f}, {entry['high']:.4f}]"
+
+
+def plot_weightings(path: Path, variants: list[dict]) -> None:
+    sigma = torch.linspace(1e-3, 1.0, 2000, dtype=torch.float64)
+    density = 1 / (sigma * math.log(1.0 / 1e-3))  # log-uniform p(sigma)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for variant in variants:
+        if variant["importance_sampling"]:
+            continue
+        weighting = make_weighting(
+            variant["weighting"], variant["sigma0"], variant["s"]
+        )
+        values = weighting(sigma)
+        style = "-" if variant["name"] in MAIN else ":"
+        left.plot(sigma, values, style, label=variant["name"])
+        right.plot(
+            sigma,
+            density * values / (density * values).sum() / (sigma[1] - sigma[0]),
+            style,
+            label=variant["name"],
+        )
+    left.set_title("lambda(sigma)")
+    right.set_title("p(sigma) lambda(sigma), normalised: where training effort goes")
+    for ax in (left, right):
+        ax.set_xlabel("sigma")
+    left.legend(fontsize=6)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_auc_by_sigma(path: Path, result: dict) -> None:
+    datasets = list(result["summary"]["datasets"])
+    levels = np.asarray(result["levels"])
+    columns = 4
+    rows = math.ceil(len(datasets) / columns)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(4 * columns, 2.8 * rows), squeeze=False
+    )
+    for ax, dataset in zip(axes.flat, datasets):
+        for name, entry in result["summary"]["datasets"][dataset]["variants"].items():
+            if name not in MAIN:
+                continue
+            values = np.asarray(entry["level_auc_energy"])
+            line = ax.plot(levels, values, label=name)[0]
+            best = int(values.argmax())
+            ax.plot(levels[best], values[best], "v", color=line.get_color())
+        ax.axvspan(0.2, 0.5, color="grey", alpha=0.1)
+        ax.set_title(dataset, fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(datasets) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    figure.supxlabel("sigma (grey band: [0.2, 0.5]); triangle = best level")
+    figure.supylabel("AUC of the energy at this level alone")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def plot_bars(path: Path, result: dict) -> None:
+    datasets = list(result["summary"]["datasets"])
+    figure, ax = plt.subplots(figsize=(max(6, 1.1 * len(datasets)), 3.8))
+    width = 0.8 / len(MAIN)
+    for k, name in enumerate(MAIN):
+        means, errors = [], [[], []]
+        for dataset in datasets:
+            entry = (
+                result["summary"]["datasets"][dataset]["variants"]
+                .get(name, {})
+                .get("full")
+            )
+            mean = entry["mean"] if entry else np.nan
+            means.append(mean)
+            low = entry["low"] if entry and entry["low"] is not None else mean
+            high = entry["high"] if entry and entry["high"] is not None else mean
+            errors[0].append(mean - low)
+            errors[1].append(high - mean)
+        ax.bar(
+            np.arange(len(datasets)) + k * width,
+            means,
+            width,
+            yerr=errors,
+            label=name,
+            capsize=2,
+        )
+    ax.set_xticks(
+        np.arange(len(datasets)) + width, datasets, rotation=45, ha="right", fontsize=8
+    )
+    ax.set_ylim(0.4, 1.0)
+    ax.set_ylabel("AUC, full grid (95% interval)")
+    ax.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_band_loss(path: Path, result: dict) -> None:
+    bands = np.asarray(result["bands"])
+    figure, ax = plt.subplots(figsize=(5.5, 3.5))
+    for name in MAIN:
+        curves = [
+            entry["variants"][name]["band_loss"]
+            for entry in result["summary"]["datasets"].values()
+            if name in entry["variants"]
+        ]
+        if curves:
+            ax.semilogx(
+                bands, np.mean(curves, axis=0), marker="o", markersize=3, label=name
+            )
+    ax.set_xlabel("sigma")
+    ax.set_ylabel("denoising error per dimension")
+    ax.set_title("Training-data loss by sigma band, mean over data sets")
+    ax.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def markdown_tables(result: dict) -> str:
+    lines = []
+    for dataset, entry in result["summary"]["datasets"].items():
+        lines += [
+            f"### {dataset}",
+            "",
+            "| variant | AUC full grid | AUC focus grid | best level (sigma) |",
+            "| --- | --- | --- | --- |",
+        ]
+        levels = result["levels"]
+        for name, values in entry["variants"].items():
+            best = int(np.argmax(values["level_auc_energy"]))
+            lines.append(
+                f"| {name} | {_fmt(values['full'])} | {_fmt(values['focus'])} | "
+                f"{levels[best]:.3f} ({values['level_auc_energy'][best]:.4f}) |"
+            )
+        for name, values in entry["baselines"].items():
+            lines.append(f"| {name} (baseline) | {_fmt(values)} | | |")
+        lines += [
+            "",
+            "| vs sigma2 | grid | mean difference [95% bootstrap] | d_z | Wilcoxon p |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for name, comparisons in entry["vs_sigma2"].items():
+            for grid, c in comparisons.items():
+                dz = (
+                    "n/a"
+                    if c["effect_size_dz"] is None
+                    else f"{c['effect_size_dz']:.2f}"
+                )
+                p = "n/a" if c["wilcoxon_p"] is None else f"{c['wilcoxon_p']:.3g}"
+                lines.append(
+                    f"| {name} | {grid} | {c['mean_difference']:+.4f} "
+                    f"[{c['low']:+.4f}, {c['high']:+.4f}] | {dz} | {p} |"
+                )
+        lines.append("")
+    lines += [
+        "### Across data sets (win / tie / loss against sigma2)",
+        "",
+        "| variant | full grid | focus grid |",
+        "| --- | --- | --- |",
+    ]
+    for name, counts in result["summary"]["across_datasets"].items():
+        cells = [f"{c['win']} / {c['tie']} / {c['loss']}" for c in counts.values()]
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_study_report(folder: Path, result: dict) -> None:
+    plots = {
+        "weightings.png": plot_weightings,
+        "auc_by_sigma.png": plot_auc_by_sigma,
+        "auc_bars.png": plot_bars,
+        "band_loss.png": plot_band_loss,
+    }
+    for name, plot in plots.items():
+        argument = result["variants"] if plot is plot_weightings else result
+        plot(folder / name, argument)
+    tables = markdown_tables(result)
+    markdown = (
+        "# Weighting study\n\n"
+        f"{len(result['records'])} records, {result['seconds']:.0f} s.\n\n"
+        + "".join(f"![{name}]({name})\n\n" for name in plots)
+        + tables
+    )
+    (folder / "report.md").write_text(markdown, encoding="utf-8")
+    images = "".join(
+        f'<h2>{html.escape(name)}</h2><img alt="{html.escape(name)}" src="data:image/png;base64,'
+        f'{base64.b64encode((folder / name).read_bytes()).decode("ascii")}">'
+        for name in plots
+    )
+    page = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        "<title>mulde weighting study</title><style>body{font-family:sans-serif;margin:2em}"
+        "img{max-width:100%}</style></head><body><h1>Weighting study</h1>"
+        f"{images}<h2>Tables</h2><pre>{html.escape(tables)}</pre></body></html>"
+    )
+    (folder / "report.html").write_text(page, encoding="utf-8")

@@ -1,0 +1,210 @@
+"""The main job end to end on real Ped2 clips, and its handling of bad input."""
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from mulde import MULDE
+from mulde.cli import main
+from mulde.config import RunConfig
+
+from conftest import PED2
+
+REDUCED = [
+    "--max-train-clips", "2",
+    "--max-test-clips", "2",
+    "--epochs", "2",
+    "--hidden-sizes", "64,64",
+    "--quiet",
+]  # fmt: skip
+
+OUTPUTS = [
+    "config.json",
+    "metrics.json",
+    "scores.csv",
+    "detector.safetensors",
+    "roc.png",
+    "clip_scores.png",
+    "auc_by_sigma.png",
+    "report.html",
+]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("feature-cache")
+
+
+@pytest.fixture(scope="module")
+def reduced_run(tmp_path_factory, cache_dir):
+    if not PED2.is_dir():
+        pytest.skip(f"{PED2} is not present")
+    out = tmp_path_factory.mktemp("runs") / "ped2"
+    args = ["run", "--dataset", "ped2", "--root", str(PED2), "--out", str(out)]
+    code = main(args + ["--cache-dir", str(cache_dir)] + REDUCED)
+    assert code == 0
+    return out
+
+
+def test_run_writes_every_output(reduced_run):
+    for name in OUTPUTS:
+        assert (reduced_run / name).is_file(), name
+        assert (reduced_run / name).stat().st_size > 0, name
+    assert not list(reduced_run.parent.glob(".*partial*"))
+
+
+def test_run_metrics_in_range(reduced_run):
+    metrics = json.loads((reduced_run / "metrics.json").read_text())
+    for key in ("micro_auc", "macro_auc", "average_precision"):
+        assert isinstance(metrics[key], float), key
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["weighting"] == "sigma2"
+    assert metrics["seed"] == 0
+    assert len(metrics["auc_by_level"]["micro_auc"]) == 16
+    assert metrics["unsmoothed"]["n_frames"] == 360
+    # Ped2 test clips 01 and 02 have 180 frames each, 2 x 180 labelled.
+    assert metrics["smoothed"]["single_class_clips"] == []
+
+
+def test_run_one_score_per_labelled_frame(reduced_run):
+    with open(reduced_run / "scores.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    labels = np.load(PED2 / "frame_labels_ped2.npy").ravel()[:360]
+    assert len(rows) == 360
+    assert [r["clip"] for r in rows[:1]] == ["01"]
+    assert [int(r["frame"]) for r in rows[:180]] == list(range(180))
+    assert np.array_equal([int(r["label"]) for r in rows], labels)
+    assert all(np.isfinite(float(r["score"])) for r in rows)
+
+
+def test_run_config_and_detector_reload(reduced_run):
+    saved = json.loads((reduced_run / "config.json").read_text())
+    config = RunConfig.from_dict(saved)
+    assert config.detector["hidden_sizes"] == [64, 64]
+    assert config.dataset.max_test_clips == 2
+    detector = MULDE.load(reduced_run / "detector.safetensors")
+    assert detector.hidden_sizes == [64, 64]
+    assert detector.levels_.shape == (16,)
+
+
+def test_second_run_reuses_cached_features(reduced_run, cache_dir, tmp_path, caplog):
+    out = tmp_path / "again"
+    args = ["run", "--dataset", "ped2", "--root", str(PED2), "--out", str(out)]
+    args += ["--cache-dir", str(cache_dir), "--weighting", "gaussian"] + REDUCED
+    caplog.set_level("INFO")
+    assert main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["weighting"] == "gaussian"
+    assert "0 extracted, 2 cached" in caplog.text
+
+
+def test_dry_run_prints_config(capsys, tmp_path):
+    args = ["run", "--root", "x", "--out", str(tmp_path / "o"), "--dry-run"]
+    assert main(args + ["--weighting", "gaussian", "--sigma0", "0.3"]) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert config["detector"]["weighting"] == "gaussian"
+    assert config["detector"]["sigma0"] == 0.3
+    assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def _copy_frames(source: Path, target: Path, count: int) -> None:
+    target.mkdir(parents=True)
+    for path in sorted(source.glob("*.jpg"))[:count]:
+        shutil.copy(path, target / path.name)
+
+
+@pytest.fixture
+def generic(tmp_path):
+    """A generic layout with one training and one test clip of real Ped2 frames."""
+    if not PED2.is_dir():
+        pytest.skip(f"{PED2} is not present")
+    root = tmp_path / "data"
+    _copy_frames(PED2 / "training" / "frames" / "01", root / "train" / "a", 12)
+    _copy_frames(PED2 / "testing" / "frames" / "01", root / "test" / "b", 10)
+    np.savez(root / "labels.npz", b=np.r_[np.zeros(5), np.ones(5)].astype(np.int8))
+    return root
+
+
+def _run_generic(root: Path, tmp_path: Path, capsys):
+    out = tmp_path / "run"
+    args = ["run", "--dataset", "generic", "--root", str(root), "--out", str(out)]
+    args += ["--train-dir", "train", "--test-dir", "test", "--labels", "labels.npz"]
+    args += ["--cache-dir", str(tmp_path / "cache")] + REDUCED
+    code = main(args)
+    return code, capsys.readouterr().err, out
+
+
+def test_generic_layout_runs(generic, tmp_path, capsys):
+    code, err, out = _run_generic(generic, tmp_path, capsys)
+    assert code == 0, err
+    assert (out / "report.html").is_file()
+
+
+def test_missing_folder_error(generic, tmp_path, capsys):
+    shutil.rmtree(generic / "test")
+    code, err, out = _run_generic(generic, tmp_path, capsys)
+    assert code == 2
+    assert "test" in err
+    assert not out.exists()
+
+
+def test_empty_clip_error(generic, tmp_path, capsys):
+    for path in (generic / "test" / "b").iterdir():
+        path.unlink()
+    code, err, out = _run_generic(generic, tmp_path, capsys)
+    assert code == 2
+    assert str(generic / "test" / "b") in err
+    assert not out.exists()
+
+
+def test_unreadable_image_error(generic, tmp_path, capsys):
+    broken = sorted((generic / "train" / "a").glob("*.jpg"))[3]
+    broken.write_bytes(b"this is not a JPEG")
+    code, err, out = _run_generic(generic, tmp_path, capsys)
+    assert code == 2
+    assert broken.name in err
+    assert not out.exists()
+    assert not list(tmp_path.glob(".run.partial*"))
+
+
+def test_truncated_video_error(generic, tmp_path, capsys):
+    frames = [cv2.imread(str(p)) for p in sorted((generic / "test" / "b").glob("*.jpg"))]
+    shutil.rmtree(generic / "test" / "b")
+    video = generic / "test" / "b.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (360, 240))
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    data = video.read_bytes()
+    video.write_bytes(data[: len(data) // 2])
+    code, err, out = _run_generic(generic, tmp_path, capsys)
+    assert code == 2
+    assert "b.avi" in err
+    assert not out.exists()
+
+
+def test_label_count_mismatch_error(generic, tmp_path, capsys):
+    np.savez(generic / "labels.npz", b=np.zeros(7, dtype=np.int8))
+    code, err, out = _run_generic(generic, tmp_path, capsys)
+    assert code == 2
+    assert "labels.npz" in err
+    assert "7" in err
+    assert "10" in err
+    assert not out.exists()
+
+
+def test_unknown_config_key_error(tmp_path, capsys):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"detector": {"hidden_size": 3}}))
+    args = ["run", "--root", "x", "--out", str(tmp_path / "o"), "--config", str(config)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Unknown detector keys ['hidden_size']" in err
