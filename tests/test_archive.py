@@ -103,7 +103,9 @@ def test_describe_sources_names_page_and_archive():
 
 
 def test_describe_sources_unknown_name_raises():
-    with pytest.raises(ValueError, match="Known datasets: ped1, ped2, avenue, shanghaitech"):
+    with pytest.raises(
+        ValueError, match="Known datasets: ped1, ped2, avenue, shanghaitech"
+    ):
         describe_sources("generic")
 
 

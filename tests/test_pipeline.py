@@ -176,10 +176,14 @@ def test_unreadable_image_error(generic, tmp_path, capsys):
 
 
 def test_truncated_video_error(generic, tmp_path, capsys):
-    frames = [cv2.imread(str(p)) for p in sorted((generic / "test" / "b").glob("*.jpg"))]
+    frames = [
+        cv2.imread(str(p)) for p in sorted((generic / "test" / "b").glob("*.jpg"))
+    ]
     shutil.rmtree(generic / "test" / "b")
     video = generic / "test" / "b.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (360, 240))
+    writer = cv2.VideoWriter(
+        str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (360, 240)
+    )
     for frame in frames:
         writer.write(frame)
     writer.release()

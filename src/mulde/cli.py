@@ -220,9 +220,9 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(config.to_dict(), indent=2))
         return 0
     metrics = run(config, Path(args.out))
+    macro = "n/a" if metrics["macro_auc"] is None else f"{metrics['macro_auc']:.4f}"
     print(
-        f"micro AUC {metrics['micro_auc']:.4f}  macro AUC "
-        f"{metrics['macro_auc'] if metrics['macro_auc'] is None else round(metrics['macro_auc'], 4)}"
+        f"micro AUC {metrics['micro_auc']:.4f}  macro AUC {macro}"
         f"  AP {metrics['average_precision']:.4f}  report: "
         f"{Path(args.out) / 'report.html'}"
     )

@@ -122,7 +122,8 @@ class RunConfig:
     def validate(self) -> None:
         if self.scoring.scoring not in SCORINGS:
             raise ValueError(
-                f"Unknown scoring {self.scoring.scoring!r}; use one of {', '.join(SCORINGS)}."
+                f"Unknown scoring {self.scoring.scoring!r}; use one of "
+                f"{', '.join(SCORINGS)}."
             )
         if self.scoring.smoothing_sigma < 0:
             raise ValueError(

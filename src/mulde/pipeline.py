@@ -87,7 +87,8 @@ def fit_models(train: dict, config: RunConfig) -> list[GroupModel]:
     if missing:
         raise ValueError(
             f"Feature groups {missing} are not produced by feature mode "
-            f"{config.features.get('mode')!r}; available groups are {sorted(available)}."
+            f"{config.features.get('mode')!r}; available groups are "
+            f"{sorted(available)}."
         )
     if options.scoring == "concat":
         partitions = [list(options.groups)]

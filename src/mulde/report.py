@@ -116,17 +116,19 @@ def _metric_rows(metrics: dict) -> str:
 def write_report(
     folder: Path, metrics: dict, raw: dict, smoothed: dict, labels: dict, config: dict
 ) -> Path:
-    """Write roc.png, clip_scores.png, auc_by_sigma.png and report.html to ``folder``."""
+    """Write the three plots and report.html into ``folder``."""
     plot_roc(folder / "roc.png", raw, smoothed, labels, metrics)
     plot_clips(folder / "clip_scores.png", raw, smoothed, labels)
     plot_auc_by_level(folder / "auc_by_sigma.png", metrics["auc_by_level"])
 
     clip_rows = "\n".join(
-        f"<tr><th>{html.escape(clip)}</th><td>{metrics['unsmoothed']['clip_auc'].get(clip, float('nan')):.4f}</td>"
-        f"<td>{metrics['smoothed']['clip_auc'].get(clip, float('nan')):.4f}</td></tr>"
+        f"<tr><th>{html.escape(clip)}</th>"
+        f"<td>{metrics['unsmoothed']['clip_auc'][clip]:.4f}</td>"
+        f"<td>{metrics['smoothed']['clip_auc'][clip]:.4f}</td></tr>"
         for clip in labels
         if clip in metrics["smoothed"]["clip_auc"]
     )
+    counts = metrics["smoothed"]
     single = metrics["smoothed"]["single_class_clips"]
     single_note = (
         f"<p>Clips with frames of one class only (left out of the macro AUC): "
@@ -150,9 +152,9 @@ pre {{ background: #f4f4f4; padding: 1em; overflow-x: auto; }}
 </style></head><body>
 <h1>mulde run on {html.escape(str(metrics["dataset"]))}</h1>
 <p>Weighting <b>{html.escape(str(metrics["weighting"]))}</b>, seed {metrics["seed"]},
-{metrics["smoothed"]["n_frames"]} test frames ({metrics["smoothed"]["n_anomalous_frames"]}
-anomalous). Smoothing: Gaussian along time, sigma {metrics["smoothing_sigma_frames"]} frames,
-fixed in the configuration.</p>
+{counts["n_frames"]} test frames ({counts["n_anomalous_frames"]} anomalous).
+Smoothing: Gaussian along time, sigma {metrics["smoothing_sigma_frames"]} frames, fixed
+in the configuration.</p>
 <h2>Frame-level metrics</h2>
 <table><tr><th></th><th>unsmoothed</th><th>smoothed</th></tr>
 {_metric_rows(metrics)}

@@ -1,4 +1,4 @@
-"""The weighting study: does the Gaussian lambda(sigma) help, and where is the best sigma?
+"""The weighting study: does the Gaussian lambda(sigma) help, and where is sigma best?
 
 Every variant shares the features, network, training length, optimiser, beta and
 evaluation; only the loss weighting (and for one variant the sigma sampler)
@@ -496,7 +496,7 @@ def study_ped2(variants, config, records, bands) -> None:
 
 
 def summarise(records: list[dict], variants: list[Variant]) -> dict:
-    """Intervals per dataset and variant, paired tests against sigma2, wins/ties/losses."""
+    """Intervals per data set and variant, paired tests against sigma2, win counts."""
     datasets = sorted({r["dataset"] for r in records})
     summary: dict = {"datasets": {}, "across_datasets": {}}
     names = [v.name for v in variants]
@@ -642,7 +642,6 @@ def study_command(args) -> int:
         config = StudyConfig(**overrides, splits=args.splits, steps=args.steps)
     result = run_study(config, Path(args.out))
     across = result["summary"]["across_datasets"].get("gaussian", {})
-    print(
-        f"study written to {args.out}; gaussian vs sigma2 (full grid): {across.get('full')}"
-    )
+    print(f"study written to {args.out}")
+    print(f"gaussian against sigma2, full grid: {across.get('full')}")
     return 0

@@ -47,7 +47,7 @@ def plot_weightings(path: Path, variants: list[dict]) -> None:
             label=variant["name"],
         )
     left.set_title("lambda(sigma)")
-    right.set_title("p(sigma) lambda(sigma), normalised: where training effort goes")
+    right.set_title("p(sigma) lambda(sigma), normalised")
     for ax in (left, right):
         ax.set_xlabel("sigma")
     left.legend(fontsize=6)
@@ -64,7 +64,7 @@ def plot_auc_by_sigma(path: Path, result: dict) -> None:
     figure, axes = plt.subplots(
         rows, columns, figsize=(4 * columns, 2.8 * rows), squeeze=False
     )
-    for ax, dataset in zip(axes.flat, datasets):
+    for ax, dataset in zip(axes.flat, datasets, strict=False):
         for name, entry in result["summary"]["datasets"][dataset]["variants"].items():
             if name not in MAIN:
                 continue
@@ -211,13 +211,15 @@ def write_study_report(folder: Path, result: dict) -> None:
     )
     (folder / "report.md").write_text(markdown, encoding="utf-8")
     images = "".join(
-        f'<h2>{html.escape(name)}</h2><img alt="{html.escape(name)}" src="data:image/png;base64,'
+        f"<h2>{html.escape(name)}</h2>"
+        f'<img alt="{html.escape(name)}" src="data:image/png;base64,'
         f'{base64.b64encode((folder / name).read_bytes()).decode("ascii")}">'
         for name in plots
     )
     page = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        "<title>mulde weighting study</title><style>body{font-family:sans-serif;margin:2em}"
+        "<title>mulde weighting study</title>"
+        "<style>body{font-family:sans-serif;margin:2em}"
         "img{max-width:100%}</style></head><body><h1>Weighting study</h1>"
         f"{images}<h2>Tables</h2><pre>{html.escape(tables)}</pre></body></html>"
     )

@@ -1,0 +1,137 @@
+"""The fast paths of scoring and training give the values of the plain autograd ones."""
+
+import pytest
+import torch
+
+from mulde.network import EnergyMLP
+from mulde.score_matching import dsm_loss, multiscale_energies
+
+LEVELS = torch.linspace(1e-3, 1.0, 16)
+
+
+def make_net(n_features, seed=0, **options):
+    net = EnergyMLP(n_features, (64, 48), **options)
+    net.reset_parameters(torch.Generator().manual_seed(seed))
+    return net.eval()
+
+
+def plain_energies_and_norms(net, x, levels):
+    """f and ||sigma grad_x f||^2 with every level's rows repeated: the plain maths."""
+    n, d = x.shape
+    n_levels = levels.shape[0]
+    x_rep = x.repeat_interleave(n_levels, dim=0).requires_grad_(True)
+    sigma_rep = levels.repeat(n)
+    energies = net(x_rep, sigma_rep)
+    (grad,) = torch.autograd.grad(energies.sum(), x_rep)
+    norms = (sigma_rep.unsqueeze(1) * grad).square().sum(dim=1)
+    return energies.detach().reshape(n, n_levels), norms.reshape(n, n_levels)
+
+
+def plain_dsm_loss(net, x, sigma, weight, beta, seed):
+    """The loss of dsm_loss through autograd's double backward."""
+    generator = torch.Generator().manual_seed(seed)
+    eps = torch.randn(x.shape, generator=generator)
+    x_noisy = (x + sigma.unsqueeze(1) * eps).requires_grad_(True)
+    energy = net(x_noisy, sigma)
+    (grad,) = torch.autograd.grad(energy.sum(), x_noisy, create_graph=True)
+    residual = (sigma.unsqueeze(1) * grad - eps).square().sum(dim=1)
+    per_sample = weight / sigma.square() * residual + beta * net(x, sigma).square()
+    return per_sample.mean()
+
+
+@pytest.mark.parametrize("n_features", [3, 100])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"activation": "silu"},
+        {"activation": "softplus"},
+        {"layer_norm": True, "dropout": 0.1},
+    ],
+)
+def test_multiscale_energies_match_plain(n_features, options):
+    net = make_net(n_features, **options)
+    x = torch.randn(9, n_features, generator=torch.Generator().manual_seed(1))
+    expected_energies, expected_norms = plain_energies_and_norms(net, x, LEVELS)
+
+    energies, none = multiscale_energies(net, x, LEVELS)
+    assert none is None
+    assert torch.allclose(energies, expected_energies, atol=1e-5, rtol=1e-5)
+
+    energies, norms = multiscale_energies(net, x, LEVELS, score_norms=True)
+    assert torch.allclose(energies, expected_energies, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(norms, expected_norms, atol=1e-7, rtol=1e-4)
+
+
+def test_explicit_gradient_support_follows_modules():
+    assert make_net(4).supports_explicit_gradient
+    assert not make_net(4, layer_norm=True).supports_explicit_gradient
+    with_dropout = make_net(4, dropout=0.2)
+    assert with_dropout.supports_explicit_gradient  # dropout is off in eval mode
+    assert not with_dropout.train().supports_explicit_gradient
+
+
+def test_explicit_input_gradient_matches_autograd():
+    net = make_net(7, activation="gelu")
+    x = torch.randn(11, 7, generator=torch.Generator().manual_seed(2))
+    sigma = torch.full((11,), 0.3)
+    pre_activation = net.feature_projection(x) + net.sigma_projection(sigma)
+    energy, delta = net.energy_and_gradient_from_first_layer(pre_activation)
+    grad = net.project_input_gradient(delta)
+
+    inputs = x.clone().requires_grad_(True)
+    expected_energy = net(inputs, sigma)
+    (expected_grad,) = torch.autograd.grad(expected_energy.sum(), inputs)
+    assert torch.allclose(energy, expected_energy, atol=1e-6)
+    assert torch.allclose(grad, expected_grad, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["gelu", "silu", "softplus"])
+@pytest.mark.parametrize("n_features", [2, 50])
+def test_dsm_loss_and_weight_gradients_match_autograd(activation, n_features):
+    net = make_net(n_features, activation=activation).train()
+    data = torch.Generator().manual_seed(3)
+    x = torch.randn(32, n_features, generator=data)
+    sigma = torch.exp(torch.empty(32).uniform_(-6.9, 0.0, generator=data))
+    weight = sigma.square()
+
+    parts = dsm_loss(net, x, sigma, weight, 0.1, torch.Generator().manual_seed(4))
+    fast_grads = torch.autograd.grad(parts.total, list(net.parameters()))
+    expected = plain_dsm_loss(net, x, sigma, weight, 0.1, seed=4)
+    expected_grads = torch.autograd.grad(expected, list(net.parameters()))
+
+    assert torch.allclose(parts.total, expected, rtol=1e-5)
+    assert torch.allclose(parts.per_sample.mean(), parts.total)
+    for fast, slow in zip(fast_grads, expected_grads, strict=True):
+        assert torch.allclose(fast, slow, atol=1e-6, rtol=1e-4)
+
+
+def test_dsm_loss_autograd_branch_with_layer_norm():
+    net = make_net(5, layer_norm=True).train()
+    x = torch.randn(16, 5, generator=torch.Generator().manual_seed(5))
+    sigma = torch.full((16,), 0.1)
+    parts = dsm_loss(
+        net, x, sigma, sigma.square(), 0.1, torch.Generator().manual_seed(6)
+    )
+    expected = plain_dsm_loss(net, x, sigma, sigma.square(), 0.1, seed=6)
+    assert torch.allclose(parts.total, expected, rtol=1e-6)
+
+
+def test_bfloat16_autocast_fast_paths_close_to_float32():
+    # bfloat16 keeps 8 bits of mantissa, so agreement is to about 1e-2 relative.
+    net = make_net(6)
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(7))
+    reference, reference_norms = multiscale_energies(net, x, LEVELS, score_norms=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        energies, norms = multiscale_energies(net, x, LEVELS, score_norms=True)
+    assert energies.dtype == torch.float32
+    assert torch.allclose(energies, reference, atol=0.05, rtol=0.05)
+    assert torch.allclose(norms, reference_norms, atol=1e-4, rtol=0.1)
+
+    net.train()
+    sigma = torch.full((5,), 0.5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        parts = dsm_loss(net, x, sigma, sigma.square(), 0.1, None)
+    assert torch.isfinite(parts.total)
+    parts.total.backward()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters())

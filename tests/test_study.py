@@ -1,0 +1,124 @@
+"""The weighting study: protocol, statistics and a quick run on real ADBench sets."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from mulde.cli import main
+from mulde.study import (
+    default_variants,
+    epochs_for,
+    interval,
+    load_adbench,
+    one_class_splits,
+    outcome,
+    paired_comparison,
+)
+
+from conftest import ADBENCH
+
+
+def test_default_variants_cover_the_sweep():
+    variants = {v.name: v for v in default_variants()}
+    assert {"sigma2", "gaussian", "gaussian-is"} <= set(variants)
+    sweep = [v for v in variants.values() if v.name.count("-") == 2]
+    # 3 x 3 sweep minus (0.33, 0.075), which reuses the "gaussian" runs.
+    assert len(sweep) == 8
+    assert variants["sigma2"].n_seeds == 5
+    assert all(v.n_seeds == 3 for v in sweep)
+    assert variants["gaussian-is"].importance_sampling
+    assert variants["gaussian-0.2-0.05"].window() == pytest.approx((0.1, 0.3))
+    # sigma2 is compared on the window of the default Gaussian weighting.
+    assert variants["sigma2"].window() == pytest.approx((0.18, 0.48))
+
+
+def test_one_class_splits_use_normal_rows_only():
+    y = np.r_[np.zeros(90), np.ones(10)].astype(int)
+    splits = list(one_class_splits(y, 3, 0.5))
+    assert len(splits) == 3
+    for fit_rows, test_rows in splits:
+        assert np.all(y[fit_rows] == 0)
+        assert len(fit_rows) == 45
+        assert not set(fit_rows) & set(test_rows)
+        assert y[test_rows].sum() == 10
+    assert not np.array_equal(splits[0][0], splits[1][0])
+
+
+def test_epochs_for_gives_about_the_steps():
+    assert epochs_for(1000, 256, 600) == 150
+    assert epochs_for(100, 256, 600) == 600
+    assert epochs_for(100_000, 256, 600) == 2
+
+
+def test_interval_matches_t_distribution():
+    values = [0.80, 0.82, 0.85, 0.79, 0.84]
+    result = interval(values)
+    half = stats.t.ppf(0.975, 4) * np.std(values, ddof=1) / np.sqrt(5)
+    assert result["mean"] == pytest.approx(0.82)
+    assert result["low"] == pytest.approx(0.82 - half)
+    assert result["high"] == pytest.approx(0.82 + half)
+    assert interval([0.5])["low"] is None
+
+
+def test_paired_comparison_detects_consistent_gain():
+    reference = [0.80, 0.70, 0.90, 0.85, 0.75]
+    better = [r + 0.02 + 0.001 * k for k, r in enumerate(reference)]
+    comparison = paired_comparison(better, reference)
+    assert comparison["mean_difference"] == pytest.approx(0.022)
+    assert comparison["low"] > 0
+    assert comparison["wilcoxon_p"] == pytest.approx(0.0625)
+    assert comparison["effect_size_dz"] > 10
+    assert outcome(comparison) == "win"
+    assert outcome(paired_comparison(reference, better)) == "loss"
+
+
+def test_paired_comparison_noise_is_a_tie():
+    rng = np.random.default_rng(0)
+    reference = rng.uniform(0.7, 0.9, size=6)
+    noisy = reference + rng.normal(0, 0.02, size=6) * np.array([1, -1, 1, -1, 1, -1])
+    assert outcome(paired_comparison(noisy, reference)) == "tie"
+
+
+@pytest.fixture
+def small_adbench(tmp_path):
+    for name in ("42_WBC",):
+        source = ADBENCH / f"{name}.npz"
+        if not source.is_file():
+            pytest.skip(f"{source} is not present")
+        shutil.copy(source, tmp_path / source.name)
+    return tmp_path
+
+
+def test_quick_study_writes_outputs(small_adbench, tmp_path):
+    out = tmp_path / "study"
+    args = ["study", "--quick", "--adbench", str(small_adbench), "--out", str(out)]
+    assert main(args + ["--quiet"]) == 0
+    for name in ("study.json", "report.md", "report.html", "auc_by_sigma.png"):
+        assert (out / name).is_file(), name
+    result = json.loads((out / "study.json").read_text())
+    mulde_runs = [r for r in result["records"] if r["kind"] == "mulde"]
+    baselines = [r for r in result["records"] if r["kind"] == "baseline"]
+    # Quick: 1 split, 2 seeds for the 3 main variants, 1 for each of 8 sweep ones.
+    assert len(mulde_runs) == 3 * 2 + 8
+    assert len(baselines) == 5
+    for record in mulde_runs:
+        assert 0 <= record["full"]["auc"] <= 1
+        assert len(record["level_auc_energy"]) == 16
+        assert len(record["band_loss"]) == len(result["bands"])
+    summary = result["summary"]["datasets"]["42_WBC"]
+    assert set(summary["vs_sigma2"]["gaussian"]) == {"full", "focus"}
+    assert result["config"]["splits"] == 1
+    assert "| sigma2 |" in (out / "report.md").read_text()
+
+
+def test_adbench_bad_folder_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No .npz files found"):
+        load_adbench(tmp_path)
+    np.savez(tmp_path / "bad.npz", X=np.ones((4, 2)))
+    with pytest.raises(ValueError, match="bad.npz has arrays"):
+        load_adbench(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_adbench(tmp_path / "missing")
