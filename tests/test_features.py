@@ -1,8 +1,8 @@
 """Tests of mulde.features on real UCSD Ped2 frames and pretrained weights.
 
-The Ped2 frames are read from ``$MULDE_PED2_ROOT`` (default
-``/work/shared/data/ped2``), laid out as ``training/frames/NN/NNN.jpg``; tests
-that need them are skipped when the folder is missing.
+The Ped2 frames are read from ``$MULDE_PED2_ROOT`` (default: ``PED2_ROOT``
+below), laid out as ``training/frames/NN/NNN.jpg``. Tests that need them are
+skipped when the folder is missing.
 """
 
 from __future__ import annotations
@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import PED2
 
 from mulde.features import cache as feature_cache
 from mulde.features.backbone import EfficientNetLite0, get_backbone, list_backbones
@@ -36,10 +38,13 @@ from mulde.features.flow import (
 )
 from mulde.features.frames import extract_frame_features, window_average
 from mulde.features.objects import (
+    backbone_parallelism,
     box_geometry,
     crop_boxes,
     extract_object_features,
     iter_velocity,
+    ordered_map,
+    torch_threads,
 )
 from mulde.features.proposals import (
     BackgroundSampler,
@@ -50,7 +55,7 @@ from mulde.features.proposals import (
 )
 from mulde.video.clips import Clip, VideoDataset
 
-PED2_ROOT = Path(os.environ.get("MULDE_PED2_ROOT", "/work/shared/data/ped2"))
+PED2_ROOT = Path(os.environ.get("MULDE_PED2_ROOT", str(PED2)))
 PED2_CLIP = PED2_ROOT / "training" / "frames" / "01"
 
 needs_ped2 = pytest.mark.skipif(
@@ -70,6 +75,17 @@ def copy_frames(folder: Path, target: Path, count: int, start: int = 0) -> Path:
     for path in sorted(folder.glob("*.jpg"))[start : start + count]:
         shutil.copy2(path, target / path.name)
     return target
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_torch_thread():
+    """Run torch with one thread, as extraction does on CPUs.
+
+    Torch's thread pool slows down by an order of magnitude on a machine whose
+    cores are busy with other jobs, which would make these tests slow there.
+    """
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +183,24 @@ def test_get_backbone_unknown_name():
     assert "efficientnet_lite0" in list_backbones()
 
 
+def test_register_backbone_adds_factory(monkeypatch):
+    from mulde.features import backbone as backbone_module
+
+    monkeypatch.setattr(backbone_module, "_REGISTRY", dict(backbone_module._REGISTRY))
+
+    @backbone_module.register_backbone("lite0_small_batches")
+    def build(device="cpu", **params):
+        return EfficientNetLite0(device=device, batch_size=2)
+
+    built = get_backbone("lite0_small_batches")
+
+    assert isinstance(built, EfficientNetLite0)
+    assert built.batch_size == 2
+    assert "lite0_small_batches" in list_backbones()
+    with pytest.raises(ValueError, match="already registered"):
+        backbone_module.register_backbone("lite0_small_batches")(build)
+
+
 def test_torchvision_backbone_without_torchvision():
     try:
         import torchvision  # noqa: F401
@@ -222,8 +256,9 @@ def test_box_flow_features_of_uniform_motion():
     # rightwards is bin 0 and upwards (dy < 0, 270 degrees) is bin 6.
     np.testing.assert_allclose(features[0, :8], [1.2, 0, 0, 0, 0, 0, 0, 0], atol=1e-5)
     np.testing.assert_allclose(features[1, :8], [0, 0, 0, 0, 0, 0, 3.5, 0], atol=1e-5)
-    # Magnitude edges (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.5): 1.2 is in bin 3, 3.5 in 6.
-    assert features[0, 8 + 3] == pytest.approx(1.0)
+    # Magnitude edges (0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 4.0): 1.2 is in bin 4 and
+    # 3.5 in bin 6.
+    assert features[0, 8 + 4] == pytest.approx(1.0)
     assert features[1, 8 + 6] == pytest.approx(1.0)
     assert features[2, 8] == pytest.approx(1.0)
     np.testing.assert_allclose(features[:, -2], [1.2, 3.5, 0.0], atol=1e-5)
@@ -278,8 +313,8 @@ def test_velocity_of_single_frame_is_zero():
 def moving_rectangles(n_frames: int = 30) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Return gray frames of two bright textured rectangles moving over texture.
 
-    The rectangles carry their own texture, as real objects do, so that frame
-    differencing sees their inside change too. The second list has the true
+    The rectangles carry their own texture, as real objects do, so that the
+    frame difference is large inside them too. The second list has the true
     (x0, y0, x1, y1) boxes of each frame.
     """
     rng = np.random.default_rng(1)
@@ -417,8 +452,10 @@ def test_object_features_on_ped2_frames(backbone, ped2_frames):
     for values in features.groups.values():
         assert np.isfinite(values).all()
     boxes = features.boxes
-    assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= 360).all()
-    assert (boxes[:, 1] >= 0).all() and (boxes[:, 3] <= 240).all()
+    assert (boxes[:, 0] >= 0).all()
+    assert (boxes[:, 1] >= 0).all()
+    assert (boxes[:, 2] <= 360).all()
+    assert (boxes[:, 3] <= 240).all()
     per_frame = np.bincount(features.frame_index, minlength=features.n_frames)
     assert per_frame.min() >= 2
     assert per_frame.max() <= 30
@@ -430,8 +467,9 @@ def test_object_features_threaded_matches_sequential(backbone, ped2_frames):
     threaded = extract_object_features(
         lambda: iter(frames), FeatureConfig(batch_size=16, threaded=True), backbone
     )
+    sequential_config = FeatureConfig(batch_size=16, threaded=False, backbone_workers=1)
     sequential = extract_object_features(
-        lambda: iter(frames), FeatureConfig(batch_size=16, threaded=False), backbone
+        lambda: iter(frames), sequential_config, backbone
     )
 
     np.testing.assert_array_equal(threaded.frame_index, sequential.frame_index)
@@ -463,6 +501,46 @@ def test_object_features_of_static_clip_have_no_rows(backbone):
     assert features.n_frames == 4
     assert features.n_rows == 0
     assert features.groups["appearance"].shape == (0, 1280)
+
+
+def test_ordered_map_keeps_input_order():
+    def slow_square(value: int) -> int:
+        time.sleep(0.01 * (value % 3))
+        return value * value
+
+    results = list(ordered_map(slow_square, range(12), workers=3))
+
+    assert results == [value * value for value in range(12)]
+
+
+def test_ordered_map_raises_worker_error():
+    def fail_on_five(value: int) -> int:
+        if value == 5:
+            raise ValueError("bad item 5")
+        return value
+
+    with pytest.raises(ValueError, match="bad item 5"):
+        list(ordered_map(fail_on_five, range(10), workers=2))
+
+
+def test_torch_threads_restores_setting():
+    previous = torch.get_num_threads()
+
+    with torch_threads(previous + 1):
+        inside = torch.get_num_threads()
+
+    assert inside == previous + 1
+    assert torch.get_num_threads() == previous
+
+
+def test_backbone_parallelism_defaults():
+    workers, threads = backbone_parallelism(FeatureConfig())
+
+    assert workers >= 1
+    assert threads == 1
+    assert backbone_parallelism(FeatureConfig(device="cuda")) == (1, None)
+    explicit = FeatureConfig(backbone_workers=3, torch_threads=2)
+    assert backbone_parallelism(explicit) == (3, 2)
 
 
 # Frame-centric features
@@ -603,6 +681,7 @@ def test_extract_dataset_reuses_cache(tmp_path, small_dataset, extraction_counte
     ]
     assert [path.stat().st_mtime_ns for path in files] == mtimes
     assert set(first) == {"train", "test"}
+    assert set(first.timings) == {"train", "test"}
     assert first["train"]["01"].n_frames == 5
     assert first["train"]["02"].n_frames == 4
     assert first["test"]["01"].n_frames == 4
@@ -674,6 +753,10 @@ def test_extract_dataset_resumes_after_interruption(
     # A temporary file that a killed process could leave behind.
     stale = cache_folder(cache_dir, config) / "train" / ".tmp-stale.npz"
     stale.write_bytes(b"partial")
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    recent = stale.with_name(".tmp-recent.npz")
+    recent.write_bytes(b"being written by another run")
 
     def resumed(clip, config, backbone, on_frame=None):
         extracted.append(clip.name)
@@ -684,6 +767,7 @@ def test_extract_dataset_resumes_after_interruption(
 
     assert extracted == ["01", "02", "01"]
     assert not stale.exists()
+    assert recent.exists()
 
 
 def test_extract_dataset_reextracts_changed_source(
@@ -700,6 +784,14 @@ def test_extract_dataset_reextracts_changed_source(
 
     assert extraction_counter == ["01", "02", "01", "02"]
     assert result["train"]["02"].n_frames == 5
+
+
+def test_extract_dataset_rejects_duplicate_names(tmp_path, small_dataset):
+    clip = small_dataset.train[0]
+    dataset = VideoDataset("twice", tmp_path, train=[clip, clip], test=[])
+
+    with pytest.raises(ValueError, match="share names"):
+        extract_dataset(dataset, FeatureConfig(), tmp_path / "cache", verbose=False)
 
 
 def test_extract_dataset_frame_mode(tmp_path, small_dataset):

@@ -234,6 +234,10 @@ def _data(args: argparse.Namespace) -> int:
 
     if args.unpack is None:
         print(describe_sources(args.dataset))
+        print(
+            f"  Or from the command line: mulde data {args.dataset} --unpack ARCHIVE "
+            "--dest FOLDER"
+        )
         return 0
     root = unpack_archive(Path(args.unpack), Path(args.dest), args.dataset)
     print(

@@ -75,8 +75,12 @@ class EnergyMLP(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """Energies of shape (n,) for x of shape (n, d) and sigma of shape (n,)."""
+        return self.energy_from_first_layer(self.first_layer(x, sigma))
+
+    def first_layer(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """First-layer pre-activation z1 = W [x, log sigma] + b, shape (n, h1)."""
         code = torch.log(sigma).unsqueeze(1).to(x.dtype)  # (n, 1)
-        return self.layers(torch.cat([x, code], dim=1)).squeeze(1)
+        return self.layers[0](torch.cat([x, code], dim=1))
 
     # The first layer sees [x, log sigma], so its pre-activation splits into
     # W_x x + b, which depends on the sample only, and w_sigma * log(sigma), which
@@ -97,8 +101,13 @@ class EnergyMLP(nn.Module):
         return torch.log(sigma).unsqueeze(1).to(weight.dtype) * weight
 
     def project_input_gradient(self, delta: torch.Tensor) -> torch.Tensor:
-        """Input gradient W_x^T delta, shape (m, d), from delta = df/dz1 (m, h1)."""
-        return delta @ self.layers[0].weight[:, :-1]
+        """Input gradient W_x^T delta, shape (m, d), from delta = df/dz1 (m, h1).
+
+        The product runs with the whole weight and drops the log(sigma) column of
+        the result: in training, a slice of the weight would cost a zero-filled
+        weight-sized gradient in the backward pass.
+        """
+        return (delta @ self.layers[0].weight)[:, :-1]
 
     def energy_from_first_layer(self, pre_activation: torch.Tensor) -> torch.Tensor:
         """Energies of shape (m,) from first-layer pre-activations of shape (m, h1)."""
@@ -141,7 +150,10 @@ class EnergyMLP(nn.Module):
         energy = linears[-1](hidden).squeeze(1)
 
         # df/dh for the last hidden layer is the output weight row, for every sample.
-        grad = linears[-1].weight.expand(hidden.shape[0], -1).to(hidden.dtype)
+        # A contiguous copy, because the activation kernels are not vectorised on
+        # a stride-0 (expanded) input.
+        weight = linears[-1].weight.to(hidden.dtype)
+        grad = weight.expand(hidden.shape[0], -1).contiguous()
         for index in range(len(activations) - 1, -1, -1):
             z = pre_activations[index]
             grad = activation_backward(activations[index], grad.to(z.dtype), z)

@@ -59,7 +59,7 @@ def dsm_loss(
     if net.supports_explicit_gradient:
         # Same values as the autograd branch. x_noisy needs no gradient here, so the
         # backward pass skips the product that would return dLoss/dx_noisy.
-        pre_activation = net.feature_projection(x_noisy) + net.sigma_projection(sigma)
+        pre_activation = net.first_layer(x_noisy, sigma)
         energy_noisy, delta = net.energy_and_gradient_from_first_layer(pre_activation)
         grad = net.project_input_gradient(delta)
     else:

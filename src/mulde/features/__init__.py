@@ -12,7 +12,12 @@ from mulde.features.backbone import (
     list_backbones,
     register_backbone,
 )
-from mulde.features.cache import ClipFeatures, FeatureConfig, extract_dataset
+from mulde.features.cache import (
+    ClipFeatures,
+    DatasetFeatures,
+    FeatureConfig,
+    extract_dataset,
+)
 from mulde.features.frames import extract_frame_features
 from mulde.features.objects import extract_object_features
 from mulde.features.proposals import ProposalConfig
@@ -20,6 +25,7 @@ from mulde.features.proposals import ProposalConfig
 __all__ = [
     "Backbone",
     "ClipFeatures",
+    "DatasetFeatures",
     "FeatureConfig",
     "ProposalConfig",
     "extract_dataset",

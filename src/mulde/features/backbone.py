@@ -263,6 +263,7 @@ class TorchvisionBackbone(Backbone):
                 "offline default 'efficientnet_lite0'."
             ) from error
         weights = torchvision.models.get_model_weights(model_name).DEFAULT
+
         if hasattr(model, "features"):
             trunk = model.features
         else:
@@ -270,14 +271,25 @@ class TorchvisionBackbone(Backbone):
         self.model = trunk.eval().to(self.device).to(memory_format=torch.channels_last)
         self.name = f"{_TORCHVISION_PREFIX}{model_name}"
         self.version = f"{weights}+torchvision{torchvision.__version__}"
+
         mean = torch.tensor(_IMAGENET_MEAN, device=self.device) * 255.0
         std = torch.tensor(_IMAGENET_STD, device=self.device) * 255.0
         # (3,) -> (1, 3, 1, 1) so that the statistics broadcast over (B, 3, H, W).
         self._mean = mean.reshape(1, 3, 1, 1)
         self._std = std.reshape(1, 3, 1, 1)
-        probe = np.zeros((1, 64, 64, 3), dtype=np.uint8)
+
+        # NOTE: only the missing-torchvision path is covered by the tests, which
+        # run offline. The trunk rule above was written for CNN classifiers.
         self.dim = 0
-        self.dim = int(self.feature_map(probe).shape[1])
+        with torch.inference_mode():
+            probe = self._forward(torch.zeros((1, 3, 64, 64), device=self.device))
+        if probe.ndim != 4:
+            raise ValueError(
+                f"torchvision model {model_name!r} has no convolutional feature map "
+                f"(its trunk outputs shape {tuple(probe.shape)}); choose a CNN "
+                "such as resnet50, efficientnet_b0 or convnext_tiny"
+            )
+        self.dim = int(probe.shape[1])
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         return self.model((batch - self._mean) / self._std)

@@ -3,21 +3,22 @@
 Each frame gets two groups:
 
 - ``"appearance"``: the backbone's last feature map of the whole frame, pooled
-  over space, either as mean and max per channel (``"meanmax"``, 2 * C values) or
-  as the mean over each cell of a 2x2 grid (``"grid2"``, 4 * C values, cells in
-  row-major order);
+  over space. ``"meanmax"`` gives the mean and the max per channel (2 * C
+  values), and ``"grid2"`` the mean over each cell of a 2x2 grid (4 * C values,
+  cells in row-major order);
 - ``"motion"``: :func:`mulde.features.flow.flow_statistics` of the frame's
   velocity field (direction and magnitude histograms, mean and percentiles of the
   magnitude), with frame 0's velocity defined as in :mod:`mulde.features.objects`.
 
 Both groups are then averaged over a window of ``config.window`` frames, centred
-on the frame or ending at it (``config.window_mode``); windows are cut at the
+on the frame or ending at it (``config.window_mode``). Windows are cut at the
 ends of the clip.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 
 import cv2
 import numpy as np
@@ -27,10 +28,12 @@ from mulde.features.cache import ClipFeatures, FeatureConfig
 from mulde.features.flow import FlowEstimator, flow_statistics, flow_statistics_dim
 from mulde.features.objects import (
     FrameSource,
+    backbone_parallelism,
     iter_velocity,
     open_frames,
     prefetch,
     torch_threads,
+    zip_results,
 )
 
 __all__ = ["extract_frame_features", "pool_feature_map", "window_average"]
@@ -170,12 +173,14 @@ def extract_frame_features(
         backbone = get_backbone(
             config.backbone, device=config.device, batch_size=config.batch_size
         )
-    items: Iterable = _iter_frames_and_motion(source, config)
-    with torch_threads(config.torch_threads, config.threaded):
-        if config.threaded:
-            items = prefetch(items, maxsize=2 * config.batch_size)
+    items: Iterator = _iter_frames_and_motion(source, config)
+    if config.threaded:
+        items = prefetch(items, maxsize=2 * config.batch_size)
+    workers, threads = backbone_parallelism(config)
+    # closing() stops the producer thread at once if embedding fails.
+    with torch_threads(threads), closing(items):
         appearance, motion, original_shape = _embed_frames(
-            items, backbone, config, on_frame
+            items, backbone, config, workers, on_frame
         )
 
     n_frames = len(motion)
@@ -203,39 +208,45 @@ def _embed_frames(
     items: Iterable,
     backbone: Backbone,
     config: FeatureConfig,
+    workers: int,
     on_frame: Callable[[], None] | None,
 ) -> tuple[list[np.ndarray], list[np.ndarray], tuple[int, int] | None]:
     """Pool the backbone feature maps of the frames in batches.
 
-    Returns the pooled appearance batches, the per-frame motion vectors and the
-    (H, W) of the frames as read, which is None for an empty clip.
+    Batches run in ``workers`` threads at once. Returns the pooled appearance
+    batches, the per-frame motion vectors and the (H, W) of the frames as read,
+    which is None for an empty clip.
     """
+
+    def pool(batch: list[np.ndarray]) -> np.ndarray:
+        # (B, H, W, 3) frames -> (B, C, h, w) maps -> (B, pooled dim)
+        maps = backbone.feature_map(np.stack(batch))
+        return pool_feature_map(maps, config.frame_pooling)
+
     appearance: list[np.ndarray] = []
     motion: list[np.ndarray] = []
-    batch: list[np.ndarray] = []
-    original_shape = None
+    shapes: list[tuple[int, int]] = []
 
-    def embed_batch() -> None:
+    def batches() -> Iterator[list[np.ndarray]]:
+        batch: list[np.ndarray] = []
+        for rgb, frame_motion, shape in items:
+            if shapes and shape != shapes[0]:
+                raise ValueError(f"frame size changed from {shapes[0]} to {shape}")
+            shapes.append(shape)
+            batch.append(rgb)
+            motion.append(frame_motion)
+            if len(batch) >= config.batch_size:
+                yield batch
+                batch = []
         if batch:
-            # (B, H, W, 3) frames -> (B, C, h, w) maps -> (B, pooled dim)
-            maps = backbone.feature_map(np.stack(batch))
-            appearance.append(pool_feature_map(maps, config.frame_pooling))
-            if on_frame is not None:
-                for _ in batch:
-                    on_frame()
-            batch.clear()
+            yield batch
 
-    for rgb, frame_motion, shape in items:
-        if original_shape is None:
-            original_shape = shape
-        elif shape != original_shape:
-            raise ValueError(f"frame size changed from {original_shape} to {shape}")
-        batch.append(rgb)
-        motion.append(frame_motion)
-        if len(batch) >= config.batch_size:
-            embed_batch()
-    embed_batch()
-    return appearance, motion, original_shape
+    for batch, pooled in zip_results(batches(), pool, workers):
+        appearance.append(pooled)
+        if on_frame is not None:
+            for _ in batch:
+                on_frame()
+    return appearance, motion, shapes[0] if shapes else None
 
 
 def _empty_frame_features(config: FeatureConfig, backbone: Backbone) -> ClipFeatures:

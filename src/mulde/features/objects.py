@@ -11,21 +11,26 @@ groups:
 
 The velocity field of frame t > 0 is the motion since frame t - 1, sampled on the
 pixel grid of frame t. Frame 0 has no previous frame, so its velocity field is the
-flow from frame 0 to frame 1, which is the same motion one frame earlier. A clip of
-one frame has zero velocity.
+flow from frame 0 to frame 1: the motion that frame 1 also gets, sampled on the
+pixel grid of frame 0. A clip of one frame has zero velocity.
 
 Decoding, flow, proposals and cropping run in a background thread while the
 backbone embeds the crops of earlier frames in batches (OpenCV and torch release
-the GIL), unless ``config.threaded`` is false. Torch then gets one thread less
-than it has (see ``FeatureConfig.torch_threads``).
+the GIL), unless ``config.threaded`` is false. On CPUs the backbone runs one batch
+per core at once, each with one torch thread, because torch's own thread pool
+slows down by an order of magnitude when its threads compete with other busy
+threads for cores (see ``FeatureConfig.backbone_workers``).
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -47,14 +52,19 @@ __all__ = [
     "extract_object_features",
     "iter_velocity",
     "open_frames",
+    "available_cpus",
+    "backbone_parallelism",
+    "ordered_map",
     "prefetch",
     "torch_threads",
+    "zip_results",
 ]
 
 FrameSource = Path | str | Callable[[], Iterable[np.ndarray]]
 GEOMETRY_DIM = 5
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 def open_frames(source: FrameSource) -> Iterator[np.ndarray]:
@@ -121,24 +131,72 @@ def prefetch(items: Iterable[T], maxsize: int = 8) -> Iterator[T]:
         thread.join()
 
 
+def available_cpus() -> int:
+    """Return the number of CPU cores that this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not available on macOS and Windows
+        return os.cpu_count() or 1
+
+
+def backbone_parallelism(config: FeatureConfig) -> tuple[int, int | None]:
+    """Return the backbone worker count and torch thread count for ``config``.
+
+    On CPU devices the defaults are one worker per available core and one torch
+    intra-op thread. On other devices they are one worker and torch's current
+    thread count (returned as None). Set fields of ``config`` take precedence.
+    """
+    on_cpu = torch.device(config.device).type == "cpu"
+    workers = config.backbone_workers
+    if workers is None:
+        workers = available_cpus() if on_cpu else 1
+    threads = config.torch_threads
+    if threads is None and on_cpu:
+        threads = 1
+    return workers, threads
+
+
 @contextmanager
-def torch_threads(requested: int | None, threaded: bool) -> Iterator[int]:
+def torch_threads(count: int | None) -> Iterator[None]:
     """Set torch's intra-op thread count for a block and restore it afterwards.
 
-    With ``requested`` None, the count is torch's current one, less one (at least
-    one) when ``threaded`` is true. Torch's setting is process-wide, so other
-    threads that run torch at the same time get the same count. Yields the count.
+    None leaves the count unchanged. The setting is process-wide, so other threads
+    that run torch at the same time get the same count.
     """
     previous = torch.get_num_threads()
-    if requested is None:
-        requested = max(1, previous - 1) if threaded else previous
-    if requested != previous:
-        torch.set_num_threads(requested)
+    changed = count is not None and count != previous
+    if changed:
+        torch.set_num_threads(count)
     try:
-        yield requested
+        yield
     finally:
-        if requested != previous:
+        if changed:
             torch.set_num_threads(previous)
+
+
+def ordered_map(
+    function: Callable[[T], R], items: Iterable[T], workers: int
+) -> Iterator[R]:
+    """Apply ``function`` to ``items`` in ``workers`` threads, yielding in order.
+
+    At most ``2 * workers`` calls are submitted ahead of the result being yielded.
+    With one worker the calls run in the calling thread.
+    """
+    if workers <= 1:
+        for item in items:
+            yield function(item)
+        return
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mulde-backbone")
+    pending: deque[Future] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def iter_velocity(
@@ -146,9 +204,9 @@ def iter_velocity(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Pair each grayscale frame with its velocity field.
 
-    Frame 0 is yielded once frame 1 has arrived, with the flow from frame 0 to
-    frame 1 as its velocity; later frames get the motion since the previous
-    frame (see the module docstring). A single frame gets zero velocity.
+    Frame 0 is yielded once frame 1 has arrived, and its velocity is the flow
+    from frame 0 to frame 1. Each later frame gets the motion since the previous
+    frame. A clip of a single frame gets zero velocity.
 
     Parameters
     ----------
@@ -300,16 +358,17 @@ def _iter_frame_objects(
                     f"frame size changed from {frame_shape} to {rgb.shape}"
                 )
             gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-            pending.append((rgb, proposer.propose(gray, rgb)))
+            boxes, mask = proposer.propose_with_mask(gray, rgb)
+            pending.append((rgb, boxes, mask if config.flow_on_foreground else None))
             yield gray
 
     for index, (gray, velocity) in enumerate(iter_velocity(grays(), estimator)):
-        rgb, boxes = pending.pop(0)
+        rgb, boxes, mask = pending.pop(0)
         yield _FrameObjects(
             index=index,
             boxes=boxes,
             velocity=box_flow_features(
-                velocity, boxes, config.direction_bins, config.magnitude_edges
+                velocity, boxes, config.direction_bins, config.magnitude_edges, mask
             ),
             geometry=box_geometry(boxes, gray.shape),
             crops=crop_boxes(rgb, boxes, config.crop_size, config.crop_context),
@@ -348,11 +407,15 @@ def extract_object_features(
         backbone = get_backbone(
             config.backbone, device=config.device, batch_size=config.batch_size
         )
-    frames: Iterable[_FrameObjects] = _iter_frame_objects(source, config)
-    with torch_threads(config.torch_threads, config.threaded):
-        if config.threaded:
-            frames = prefetch(frames, maxsize=2 * config.batch_size)
-        done, appearance = _embed_crops(frames, backbone, config.batch_size, on_frame)
+    frames: Iterator[_FrameObjects] = _iter_frame_objects(source, config)
+    if config.threaded:
+        frames = prefetch(frames, maxsize=2 * config.batch_size)
+    workers, threads = backbone_parallelism(config)
+    # closing() stops the producer thread at once if embedding fails.
+    with torch_threads(threads), closing(frames):
+        done, appearance = _embed_crops(
+            frames, backbone, config.batch_size, workers, on_frame
+        )
     return _assemble(done, appearance, config, backbone.dim)
 
 
@@ -360,36 +423,55 @@ def _embed_crops(
     frames: Iterable[_FrameObjects],
     backbone: Backbone,
     batch_size: int,
+    workers: int,
     on_frame: Callable[[], None] | None,
 ) -> tuple[list[_FrameObjects], list[np.ndarray]]:
     """Embed the crops of the frames in batches of at least ``batch_size`` crops.
 
-    Returns the frames in order and the embeddings of their crops in order.
+    Batches run in ``workers`` threads at once. Returns the frames in order and the
+    embeddings of their crops in the same order.
     """
+
+    def embed(group: list[_FrameObjects]) -> np.ndarray | None:
+        crops = [item.crops for item in group if len(item.crops)]
+        if not crops:
+            return None
+        return backbone.embed(np.concatenate(crops, axis=0))
+
     done: list[_FrameObjects] = []
     appearance: list[np.ndarray] = []
-    waiting: list[_FrameObjects] = []
-    n_waiting = 0
-
-    def embed_waiting() -> None:
-        nonlocal n_waiting
-        crops = [item.crops for item in waiting if len(item.crops)]
-        if crops:
-            appearance.append(backbone.embed(np.concatenate(crops, axis=0)))
-        done.extend(waiting)
+    groups = _group_frames(frames, batch_size)
+    for group, embeddings in zip_results(groups, embed, workers):
+        done.extend(group)
+        if embeddings is not None:
+            appearance.append(embeddings)
         if on_frame is not None:
-            for _ in waiting:
+            for _ in group:
                 on_frame()
-        waiting.clear()
-        n_waiting = 0
-
-    for item in frames:
-        waiting.append(item)
-        n_waiting += len(item.boxes)
-        if n_waiting >= batch_size:
-            embed_waiting()
-    embed_waiting()
     return done, appearance
+
+
+def _group_frames(
+    frames: Iterable[_FrameObjects], batch_size: int
+) -> Iterator[list[_FrameObjects]]:
+    """Group consecutive frames until each group has ``batch_size`` boxes or more."""
+    group: list[_FrameObjects] = []
+    n_boxes = 0
+    for item in frames:
+        group.append(item)
+        n_boxes += len(item.boxes)
+        if n_boxes >= batch_size:
+            yield group
+            group, n_boxes = [], 0
+    if group:
+        yield group
+
+
+def zip_results(
+    items: Iterable[T], function: Callable[[T], R], workers: int
+) -> Iterator[tuple[T, R]]:
+    """Yield each item with ``function(item)``, computed by :func:`ordered_map`."""
+    return ordered_map(lambda item: (item, function(item)), items, workers)
 
 
 def _assemble(

@@ -49,8 +49,8 @@ class ProposalConfig:
         Foreground method: ``"median"``, ``"mog2"``, ``"knn"`` or ``"diff"``.
     threshold : float
         Gray-level difference (0-255) above which a pixel is foreground for
-        ``"median"`` and ``"diff"``; the variance threshold of MOG2 and the squared
-        distance threshold of KNN for those methods.
+        ``"median"`` and ``"diff"``. MOG2 uses it as its variance threshold, and
+        KNN uses its square as the squared distance threshold.
     background_frames : int
         Maximum number of frames, sampled evenly over the clip, that
         ``"median"``, ``"mog2"`` and ``"knn"`` learn the background from.
@@ -281,8 +281,22 @@ class ProposalExtractor:
         numpy.ndarray of float32, shape (n_boxes, 4)
             (x0, y0, x1, y1), sorted by x0 then y0.
         """
+        return self.propose_with_mask(gray, rgb)[0]
+
+    def propose_with_mask(
+        self, gray: np.ndarray, rgb: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Propose boxes as :meth:`propose` does, and return the foreground mask.
+
+        Returns
+        -------
+        boxes : numpy.ndarray of float32, shape (n_boxes, 4)
+        mask : numpy.ndarray of uint8, shape (H, W)
+            The cleaned foreground mask the boxes came from.
+        """
         height, width = gray.shape
-        boxes = self.boxes_from_mask(self.foreground(gray))
+        mask = self.foreground(gray)
+        boxes = self.boxes_from_mask(mask)
         if self._hog is not None:
             boxes = np.concatenate(
                 [boxes, self._detect_people(gray if rgb is None else rgb)]
@@ -290,7 +304,7 @@ class ProposalExtractor:
         boxes = _pad_and_clip(boxes, self.config.padding, width, height)
         boxes = merge_boxes(boxes, self.config.merge_overlap)
         order = np.lexsort((boxes[:, 1], boxes[:, 0]))
-        return boxes[order]
+        return boxes[order], mask
 
     def boxes_from_mask(self, mask: np.ndarray) -> np.ndarray:
         """Return the boxes of the mask's large enough connected components.

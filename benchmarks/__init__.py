@@ -1,0 +1,1 @@
+"""Speed benchmarks of mulde; ``python -m benchmarks --help`` lists the options."""
