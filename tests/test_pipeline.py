@@ -8,12 +8,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import PED2
 
 from mulde import MULDE
 from mulde.cli import main
 from mulde.config import RunConfig
-
-from conftest import PED2
 
 REDUCED = [
     "--max-train-clips", "2",

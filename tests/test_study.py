@@ -5,6 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import ADBENCH
 from scipy import stats
 
 from mulde.cli import main
@@ -17,8 +18,6 @@ from mulde.study import (
     outcome,
     paired_comparison,
 )
-
-from conftest import ADBENCH
 
 
 def test_default_variants_cover_the_sweep():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -41,9 +42,8 @@ def _add_run_parser(subparsers) -> None:
     data = parser.add_argument_group("data")
     data.add_argument(
         "--dataset",
-        default="ped2",
         choices=["ped1", "ped2", "avenue", "shanghaitech", "generic"],
-        help="data set layout",
+        help="data set layout (default: the --config file's, else ped2)",
     )
     data.add_argument("--root", help="data set folder (required except for generic)")
     data.add_argument("--train-dir", help="generic layout: folder of training clips")
@@ -167,7 +167,8 @@ def resolve_run_config(args: argparse.Namespace):
 
     config = RunConfig.from_file(Path(args.config)) if args.config else RunConfig()
     dataset = config.dataset
-    dataset.name = args.dataset
+    if args.dataset is not None:
+        dataset.name = args.dataset
     for name in (
         "root",
         "train_dir",
@@ -279,11 +280,21 @@ def main(argv: list[str] | None = None) -> int:
         from mulde.study import study_command
 
         commands["study"] = study_command
+    # SIGTERM unwinds like Ctrl-C, so staging folders and temporary files are
+    # removed on the way out.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return commands[args.command](args)
-    except (ValueError, FileNotFoundError, NotADirectoryError, RuntimeError) as error:
+    except KeyboardInterrupt:
+        print(f"mulde {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, RuntimeError) as error:
         print(f"mulde {args.command}: error: {error}", file=sys.stderr)
         return 2
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ VIDEO_DETECTOR_DEFAULTS: dict[str, Any] = {
 }
 
 SCORINGS = ("concat", "per_group")
+MAX_SMOOTHING = 1000.0
 
 
 @dataclass
@@ -53,9 +55,9 @@ class ScoringOptions:
     # "concat": one detector on the concatenated groups; "per_group": one detector
     # per group, scores standardised on training data and summed.
     scoring: str = "concat"
-    groups: list[str] = field(
-        default_factory=lambda: ["velocity", "appearance", "geometry"]
-    )
+    # Feature groups to score; None takes every group of the feature mode
+    # (object: velocity, appearance, geometry; frame: appearance, motion).
+    groups: list[str] | None = None
     # Groups wider than this are reduced by PCA fitted on training rows only.
     pca_components: int | None = 64
     # Width of the Gaussian smoothing along time, in frames. Fixed in advance:
@@ -134,9 +136,53 @@ class RunConfig:
             raise ValueError(
                 f"pca_components={self.scoring.pca_components} must be >= 1 or null."
             )
-        if not self.scoring.groups:
-            raise ValueError("scoring.groups must name at least one feature group.")
-        _detector_options(self.detector)
+        sigma = self.scoring.smoothing_sigma
+        if not isinstance(sigma, (int, float)) or not math.isfinite(sigma):
+            raise ValueError(
+                f"smoothing_sigma={sigma!r} must be a finite number of frames."
+            )
+        if sigma > MAX_SMOOTHING:
+            raise ValueError(
+                f"smoothing_sigma={sigma} frames is longer than any clip is likely to "
+                f"be; use at most {MAX_SMOOTHING}."
+            )
+        groups = self.scoring.groups
+        if groups is not None and (
+            not isinstance(groups, list)
+            or not groups
+            or not all(isinstance(g, str) for g in groups)
+        ):
+            raise ValueError(
+                f"scoring.groups={groups!r} must be a non-empty list of feature group "
+                "names, or null for all groups of the feature mode."
+            )
+        for name in ("max_train_clips", "max_test_clips"):
+            value = getattr(self.dataset, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ValueError(
+                    f"dataset.{name}={value!r} must be a positive integer or null."
+                )
+        if (
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, int)
+            or self.seed < 0
+        ):
+            raise ValueError(f"seed={self.seed!r} must be a non-negative integer.")
+        options = _detector_options(self.detector)
+        from mulde import MULDE
+
+        # Check the detector settings now, before hours of feature extraction.
+        MULDE(**options, random_state=self.seed)._check_params()
+
+    def feature_groups(self) -> list[str]:
+        """The groups to score: as configured, or all groups of the feature mode."""
+        if self.scoring.groups is not None:
+            return list(self.scoring.groups)
+        if self.features.get("mode", "object") == "frame":
+            return ["appearance", "motion"]
+        return ["velocity", "appearance", "geometry"]
 
 
 def _check_keys(section: str, data: Any, cls) -> None:

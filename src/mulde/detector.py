@@ -47,12 +47,20 @@ def check_features(X, name: str = "X", n_features: int | None = None) -> np.ndar
             f"{name} has shape {array.shape}; expected a 2-D array "
             "(n_samples, n_features)."
         )
+    if array.shape[1] == 0:
+        raise ValueError(f"{name} has shape {array.shape}: it has no features.")
     bad = ~np.isfinite(array)
     if bad.any():
         rows = np.unique(np.nonzero(bad)[0])
         raise ValueError(
             f"{name} contains {int(bad.sum())} NaN or infinite values, first in rows "
             f"{rows[:5].tolist()}; remove or impute them before fitting or scoring."
+        )
+    largest = np.abs(array).max(initial=0.0)
+    if largest > np.finfo(np.float32).max:
+        raise ValueError(
+            f"{name} contains values as large as {largest:.3g}, beyond float32, in "
+            "which the detector computes; rescale the features before fitting."
         )
     if n_features is not None and array.shape[1] != n_features:
         raise ValueError(
@@ -291,8 +299,9 @@ class MULDE(OutlierMixin, BaseEstimator):
             )
         X_train, X_val = X[np.sort(order[n_val:])], X[np.sort(order[:n_val])]
 
-        self.mean_ = X_train.mean(axis=0).astype(np.float32)
-        scale = X_train.std(axis=0)
+        # Statistics in float64: a float32 variance overflows above about 1e19.
+        self.mean_ = X_train.mean(axis=0, dtype=np.float64).astype(np.float32)
+        scale = X_train.std(axis=0, dtype=np.float64)
         # Constant features would divide by zero; they carry no information.
         self.scale_ = np.where(scale > 1e-12, scale, 1.0).astype(np.float32)
 

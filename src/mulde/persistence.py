@@ -42,6 +42,15 @@ def atomic_write(path: Path, write) -> Path:
     return path
 
 
+def _json_scalar(value):
+    """Convert numpy scalars and arrays, which json cannot encode, to Python."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} {value!r} cannot be saved in a model file")
+
+
 def save_detector(detector, path: Path) -> Path:
     """Write a fitted :class:`mulde.MULDE` to ``path``, usually ``*.safetensors``."""
     from mulde import __version__
@@ -83,7 +92,7 @@ def save_detector(detector, path: Path) -> Path:
             "history": detector.history_,
         },
     }
-    metadata = {"mulde": json.dumps(header)}
+    metadata = {"mulde": json.dumps(header, default=_json_scalar)}
     return atomic_write(
         path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata)
     )

@@ -64,7 +64,14 @@ class GroupModel:
         parts = []
         for group, pca in zip(self.groups, self.pca, strict=True):
             values = clip_groups[group]
-            parts.append(values if pca is None else pca.transform(values))
+            if pca is not None:
+                # A clip without objects has no rows, which PCA rejects.
+                values = (
+                    pca.transform(values)
+                    if len(values)
+                    else np.zeros((0, pca.n_components_), np.float32)
+                )
+            parts.append(values)
         return np.concatenate(parts, axis=1).astype(np.float32)
 
 
@@ -83,7 +90,8 @@ def fit_models(train: dict, config: RunConfig) -> list[GroupModel]:
     """Fit one detector on the concatenated groups, or one per group."""
     options = config.scoring
     available = set(next(iter(train.values())).groups)
-    missing = [g for g in options.groups if g not in available]
+    groups_to_score = config.feature_groups()
+    missing = [g for g in groups_to_score if g not in available]
     if missing:
         raise ValueError(
             f"Feature groups {missing} are not produced by feature mode "
@@ -91,9 +99,9 @@ def fit_models(train: dict, config: RunConfig) -> list[GroupModel]:
             f"{sorted(available)}."
         )
     if options.scoring == "concat":
-        partitions = [list(options.groups)]
+        partitions = [groups_to_score]
     else:
-        partitions = [[g] for g in options.groups]
+        partitions = [[g] for g in groups_to_score]
 
     models = []
     for groups in partitions:
@@ -266,9 +274,7 @@ def run(config: RunConfig, out: Path) -> dict:
     from mulde.video import load_dataset
 
     config.validate()
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"Output path {out} exists and is not a folder.")
+    out = check_output_folder(out)
     timer = Timer()
 
     with timer.stage("dataset"):
@@ -340,7 +346,6 @@ def run(config: RunConfig, out: Path) -> dict:
         "timings_s": timer.seconds,
     }
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         with timer.stage("report"):
@@ -372,6 +377,47 @@ def run(config: RunConfig, out: Path) -> dict:
         out,
     )
     return metrics
+
+
+OUTPUT_NAMES = (
+    "config.json",
+    "metrics.json",
+    "scores.csv",
+    "report.html",
+    "roc.png",
+    "clip_scores.png",
+    "auc_by_sigma.png",
+)
+
+
+def check_output_folder(out) -> Path:
+    """Check before any work that the run folder can be written; return it.
+
+    Also removes staging folders that an earlier run of the same folder left
+    when it was killed.
+    """
+    if str(out).strip() == "":
+        raise ValueError("--out is empty; give the folder for the run's outputs.")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"Output path {out} exists and is not a folder.")
+    for name in OUTPUT_NAMES:
+        if (out / name).is_dir():
+            raise IsADirectoryError(
+                f"{out / name} is a folder, but the run writes a file of that name; "
+                "move it away or choose another --out."
+            )
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as error:
+        raise ValueError(
+            f"Cannot write the run folder {out}: {error}. Choose a writable --out."
+        ) from error
+    probe.rmdir()
+    for stale in out.parent.glob(f".{out.name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return out
 
 
 def _save_pca(path: Path, model: GroupModel) -> None:

@@ -429,7 +429,7 @@ def study_ped2(variants, config, records, bands) -> None:
         dataset, FeatureConfig.from_dict(run_config.features), cache_dir
     )
     train, test = features["train"], features["test"]
-    groups = run_config.scoring.groups
+    groups = run_config.feature_groups()
     pcas = [
         _fit_pca(_stack(train, g), run_config.scoring.pca_components, 0) for g in groups
     ]
@@ -583,9 +583,9 @@ def run_study(
             "seconds": time.perf_counter() - start,
             "complete": complete,
         }
+        text = json.dumps(result, indent=1)
         atomic_write(
-            out / "study.json",
-            lambda path: path.write_text(json.dumps(result, indent=1), encoding="utf-8"),
+            out / "study.json", lambda path: path.write_text(text, encoding="utf-8")
         )
         write_study_report(out, result)
         return result
@@ -640,7 +640,15 @@ def add_study_parser(subparsers) -> None:
     )
 
 
+def _check_counts(args) -> None:
+    for name in ("splits", "steps", "max_datasets"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')}={value} must be at least 1.")
+
+
 def study_command(args) -> int:
+    _check_counts(args)
     import torch
 
     # The study runs many fits of a small network, whose matrix products are too

@@ -1,0 +1,135 @@
+"""Bad input found by trying to break the product: each case raises clearly, early."""
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.decomposition import PCA
+
+from mulde import MULDE
+from mulde.cli import main
+from mulde.config import RunConfig
+from mulde.pipeline import GroupModel, check_output_folder
+
+TINY = {"hidden_sizes": (16, 16), "epochs": 1, "random_state": 0, "device": "cpu"}
+
+
+@pytest.fixture
+def X():
+    return np.random.default_rng(0).normal(size=(64, 4))
+
+
+def test_zero_features_rejected():
+    with pytest.raises(ValueError, match="has no features"):
+        MULDE(**TINY).fit(np.zeros((5, 0)))
+
+
+def test_huge_values_still_standardised(X):
+    detector = MULDE(**(TINY | {"epochs": 5})).fit(X * 1e20)
+    assert np.all(np.isfinite(detector.scale_))
+    scores = detector.decision_function(np.vstack([X[:1], X[:1] * 1000]) * 1e20)
+    assert scores[1] > scores[0]
+
+
+def test_values_beyond_float32_rejected(X):
+    with pytest.raises(ValueError, match="beyond float32"):
+        MULDE(**TINY).fit(X * 1e39)
+
+
+def test_numpy_scalar_params_can_be_saved(X, tmp_path):
+    params = TINY | {"random_state": np.int64(3), "sigma_low": np.float32(0.01)}
+    path = MULDE(**params).fit(X).save(tmp_path / "m.safetensors")
+    loaded = MULDE.load(path)
+    assert loaded.random_state == 3
+    assert loaded.sigma_low == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"dataset": {"max_train_clips": 0}}, "max_train_clips=0 must be a positive"),
+        ({"dataset": {"max_train_clips": -1}}, "max_train_clips=-1 must be a positive"),
+        ({"scoring": {"smoothing_sigma": float("nan")}}, "must be a finite number"),
+        ({"scoring": {"smoothing_sigma": float("inf")}}, "must be a finite number"),
+        ({"scoring": {"smoothing_sigma": 1e9}}, "use at most 1000"),
+        ({"scoring": {"groups": "velocity"}}, "must be a non-empty list"),
+        ({"seed": -1}, "seed=-1 must be a non-negative integer"),
+        ({"detector": {"epochs": "ten"}}, "epochs='ten' must be a positive integer"),
+        ({"detector": {"beta": -1.0}}, "beta=-1.0 must be >= 0"),
+    ],
+)
+def test_config_values_checked_before_work(section, message):
+    with pytest.raises(ValueError, match=message):
+        RunConfig.from_dict(section)
+
+
+def test_config_file_checked_by_dry_run(tmp_path, capsys):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"detector": {"epochs": "ten"}}))
+    args = ["run", "--root", "x", "--out", str(tmp_path / "o"), "--config", str(config)]
+    assert main(args + ["--dry-run"]) == 2
+    assert "epochs='ten'" in capsys.readouterr().err
+
+
+def test_config_dataset_name_kept(tmp_path, capsys):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"dataset": {"name": "generic", "train_dir": "a"}}))
+    args = ["run", "--out", str(tmp_path / "o"), "--config", str(config), "--dry-run"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["dataset"]["name"] == "generic"
+
+
+def test_frame_mode_scores_its_own_groups():
+    config = RunConfig.from_dict({"features": {"mode": "frame"}})
+    assert config.feature_groups() == ["appearance", "motion"]
+    assert RunConfig().feature_groups() == ["velocity", "appearance", "geometry"]
+
+
+def test_empty_out_rejected():
+    with pytest.raises(ValueError, match="--out is empty"):
+        check_output_folder("")
+
+
+def test_out_below_a_file_rejected(tmp_path):
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(ValueError, match="Cannot write the run folder"):
+        check_output_folder(tmp_path / "f.txt" / "sub")
+
+
+def test_out_with_folder_of_output_name_rejected(tmp_path):
+    (tmp_path / "run" / "config.json").mkdir(parents=True)
+    (tmp_path / "run" / "config.json" / "notes.txt").write_text("keep")
+    with pytest.raises(IsADirectoryError, match="config.json is a folder"):
+        check_output_folder(tmp_path / "run")
+    assert (tmp_path / "run" / "config.json" / "notes.txt").read_text() == "keep"
+
+
+def test_stale_staging_folder_removed(tmp_path):
+    stale = tmp_path / ".run.partial-abc"
+    stale.mkdir()
+    (stale / "scores.csv").write_text("half")
+    check_output_folder(tmp_path / "run")
+    assert not stale.exists()
+
+
+def test_clip_without_objects_transforms_to_empty():
+    rows = np.random.default_rng(0).normal(size=(50, 10))
+    model = GroupModel(["appearance"], [PCA(3).fit(rows)], detector=None)
+    empty = model.transform({"appearance": np.zeros((0, 10), np.float32)})
+    assert empty.shape == (0, 3)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--splits", "0"], "--splits=0 must be at least 1"),
+        (["--max-datasets", "-1"], "--max-datasets=-1 must be at least 1"),
+        (["--steps", "0"], "--steps=0 must be at least 1"),
+    ],
+)
+def test_study_counts_checked(tmp_path, capsys, option, message):
+    out = tmp_path / "study"
+    args = ["study", "--adbench", str(tmp_path), "--out", str(out)] + option
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
