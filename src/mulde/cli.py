@@ -37,7 +37,6 @@ def _add_run_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "run",
         help="score a video data set end to end and write metrics, plots and a report",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     data = parser.add_argument_group("data")
     data.add_argument(
@@ -63,7 +62,9 @@ def _add_run_parser(subparsers) -> None:
         help="JSON file with configuration sections; options below override it",
     )
     parser.add_argument(
-        "--cache-dir", help="feature cache folder (default: $XDG_CACHE_HOME/mulde)"
+        "--cache-dir",
+        help="feature cache folder (default $XDG_CACHE_HOME/mulde, else "
+        "~/.cache/mulde)",
     )
 
     model = parser.add_argument_group("detector")
@@ -78,7 +79,9 @@ def _add_run_parser(subparsers) -> None:
         help="centre of the gaussian weighting, in standard deviations (default 0.33)",
     )
     model.add_argument(
-        "--s", type=float, help="width of the gaussian weighting (default 0.075)"
+        "--s",
+        type=float,
+        help="width of the gaussian weighting, in standard deviations (default 0.075)",
     )
     model.add_argument(
         "--importance-sampling",
@@ -87,16 +90,16 @@ def _add_run_parser(subparsers) -> None:
         help="draw sigma from a proposal near p(sigma) lambda(sigma) (default off)",
     )
     model.add_argument(
-        "--epochs", type=_positive_int, help="training epochs (default 30)"
+        "--epochs", type=_positive_int, help="training epochs (default 20)"
     )
     model.add_argument(
-        "--hidden-sizes", type=_widths, help="hidden widths, e.g. 1024,1024 (default)"
+        "--hidden-sizes", type=_widths, help="hidden widths (default 512,512)"
     )
     model.add_argument(
         "--batch-size", type=_positive_int, help="batch size (default 1024)"
     )
     model.add_argument(
-        "--learning-rate", type=float, help="Adam learning rate (default 1e-4)"
+        "--learning-rate", type=float, help="Adam learning rate (default 1e-3)"
     )
     model.add_argument("--beta", type=float, help="regulariser weight (default 0.1)")
     model.add_argument(
@@ -235,10 +238,6 @@ def _data(args: argparse.Namespace) -> int:
 
     if args.unpack is None:
         print(describe_sources(args.dataset))
-        print(
-            f"  Or from the command line: mulde data {args.dataset} --unpack ARCHIVE "
-            "--dest FOLDER"
-        )
         return 0
     root = unpack_archive(Path(args.unpack), Path(args.dest), args.dataset)
     print(

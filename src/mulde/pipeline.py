@@ -320,6 +320,14 @@ def run(config: RunConfig, out: Path) -> dict:
 
     with timer.stage("training"):
         models = fit_models(train, config)
+    # Record every detector setting, defaults included, so config.json reruns
+    # the same detector even if defaults change.
+    resolved = models[0].detector.get_params()
+    for key in ("random_state", "verbose"):
+        resolved.pop(key)
+    resolved["hidden_sizes"] = [int(w) for w in resolved["hidden_sizes"]]
+    config.detector = resolved
+    config.cache_dir = str(cache_dir)
 
     with timer.stage("scoring"):
         _prepare_level_baselines(models, train)
@@ -344,6 +352,7 @@ def run(config: RunConfig, out: Path) -> dict:
         "auc_by_level": curve,
         "n_train_rows": [int(m.detector.decision_scores_.shape[0]) for m in models],
         "timings_s": timer.seconds,
+        "environment": _environment(models[0].detector),
     }
 
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
@@ -418,6 +427,27 @@ def check_output_folder(out) -> Path:
     for stale in out.parent.glob(f".{out.name}.partial-*"):
         shutil.rmtree(stale, ignore_errors=True)
     return out
+
+
+def _environment(detector: MULDE) -> dict:
+    import datetime
+    import platform
+
+    import torch
+
+    from mulde import __version__
+
+    return {
+        "mulde": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "device": str(detector.device_),
+        "precision": str(detector.compute_dtype_).removeprefix("torch."),
+        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"
+        ),
+    }
 
 
 def _save_pca(path: Path, model: GroupModel) -> None:

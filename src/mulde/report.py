@@ -129,6 +129,7 @@ def write_report(
         if clip in metrics["smoothed"]["clip_auc"]
     )
     counts = metrics["smoothed"]
+    chance = counts["n_anomalous_frames"] / counts["n_frames"]
     single = metrics["smoothed"]["single_class_clips"]
     single_note = (
         f"<p>Clips with frames of one class only (left out of the macro AUC): "
@@ -156,6 +157,11 @@ pre {{ background: #f4f4f4; padding: 1em; overflow-x: auto; }}
 Smoothing: Gaussian along time, sigma {metrics["smoothing_sigma_frames"]} frames, fixed
 in the configuration.</p>
 <h2>Frame-level metrics</h2>
+<p>Micro AUC: one ROC curve over all test frames pooled. Macro AUC: the mean of
+the per-clip AUCs. Average precision counts anomalous frames as positives; its
+chance level is the anomalous share, {chance:.3f}.
+Scores are anomaly scores without a unit: the negative log-likelihood of a frame's
+most anomalous object (or the frame itself) under the detector.</p>
 <table><tr><th></th><th>unsmoothed</th><th>smoothed</th></tr>
 {_metric_rows(metrics)}
 </table>

@@ -94,8 +94,9 @@ def describe_sources(name: str) -> str:
             f"  Expected archive: {source['archive']}",
             f"  Dataset folder inside it: {source['root']}",
             f"  {source['notes']}",
-            "  Unpack it with mulde.video.archive.unpack_archive(archive, dest, "
-            f"{name.lower()!r}) and pass the returned folder to load_dataset.",
+            f"  Unpack it with: mulde data {name.lower()} --unpack ARCHIVE --dest "
+            "FOLDER, then pass the printed folder to mulde run --root. A copy in the "
+            "frames layout (training/frames/01/, testing/frames/01/) works as well.",
             "  The dataset has no open license: use it for research and cite "
             f"{source['citation']}.",
         ]
