@@ -99,7 +99,7 @@ def test_describe_sources_names_page_and_archive():
         "http://www.cse.cuhk.edu.hk/leojia/projects/detectabnormal/dataset.html" in text
     )
     assert "Avenue_Dataset.zip" in text
-    assert "unpack_archive" in text
+    assert "mulde data avenue --unpack ARCHIVE" in text
 
 
 def test_describe_sources_unknown_name_raises():
