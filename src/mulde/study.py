@@ -555,10 +555,61 @@ def summarise(records: list[dict], variants: list[Variant]) -> dict:
     return summary
 
 
+# The settings that make two studies comparable; the data paths and the number of
+# data sets may differ between a study and the run that resumes it.
+PROTOCOL_KEYS = (
+    "splits",
+    "train_share",
+    "main_seeds",
+    "sweep_seeds",
+    "detector",
+    "steps",
+    "ped2_steps",
+    "baselines",
+)
+
+
+def load_finished(path: Path, config: StudyConfig, variants: list[Variant]):
+    """Records and seconds of an earlier study.json run with the same protocol.
+
+    Raises ValueError naming the file and the first setting that differs, since
+    records of another protocol would mix incomparable numbers.
+    """
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+        earlier_config, records = earlier["config"], earlier["records"]
+        earlier_variants = earlier["variants"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"{path} is not a study.json that can be resumed ({error}); "
+            "choose another --out or run without --resume."
+        ) from None
+    current = asdict(config)
+    for key in PROTOCOL_KEYS:
+        if earlier_config.get(key) != current[key]:
+            raise ValueError(
+                f"{path} was written with {key}={earlier_config.get(key)!r}, "
+                f"this study has {key}={current[key]!r}; resume only with the "
+                "same settings, or choose another --out."
+            )
+    if earlier_variants != [asdict(v) for v in variants]:
+        raise ValueError(
+            f"{path} was written with other variants; choose another --out."
+        )
+    return records, float(earlier.get("seconds", 0.0))
+
+
 def run_study(
-    config: StudyConfig, out: Path, variants: list[Variant] | None = None
+    config: StudyConfig,
+    out: Path,
+    variants: list[Variant] | None = None,
+    resume: bool = False,
 ) -> dict:
-    """Run the study and write study.json, report.md and report.html to ``out``."""
+    """Run the study and write study.json, report.md and report.html to ``out``.
+
+    With ``resume``, the data sets already in ``out/study.json`` are kept and
+    skipped, provided that file was written with the same protocol.
+    """
     from mulde.study_report import write_study_report
 
     if config.adbench_dir is None and config.ped2_root is None:
@@ -568,8 +619,14 @@ def run_study(
     full_levels = np.linspace(1e-3, 1.0, config.detector["n_levels"])
     bands = np.geomspace(1e-3, 1.0, 13)
     records: list[dict] = []
-    start = time.perf_counter()
+    earlier_seconds = 0.0
     out = Path(out)
+    if resume and (out / "study.json").exists():
+        records, earlier_seconds = load_finished(out / "study.json", config, variants)
+    finished = {r["dataset"] for r in records}
+    if finished:
+        logger.info("resuming: keeping %s", ", ".join(sorted(finished)))
+    start = time.perf_counter() - earlier_seconds
     out.mkdir(parents=True, exist_ok=True)
 
     def write(complete: bool) -> dict:
@@ -592,7 +649,7 @@ def run_study(
 
     # Results are written after each data set, so a long study that is stopped
     # keeps every finished data set; "complete" tells whether all of them ran.
-    if config.ped2_root is not None:
+    if config.ped2_root is not None and "ped2" not in finished:
         study_ped2(variants, config, records, bands)
         write(complete=False)
     if config.adbench_dir is not None:
@@ -600,6 +657,8 @@ def run_study(
         # Smallest sets first, so that a stopped study covers the most sets.
         names = sorted(sets, key=lambda name: sets[name][0].size)
         for name in names[: config.max_datasets]:
+            if name in finished:
+                continue
             X, y = sets[name]
             study_tabular(name, X, y, variants, config, records, bands)
             write(complete=False)
@@ -636,6 +695,12 @@ def add_study_parser(subparsers) -> None:
         help="tiny network, 1 split, 2+1 seeds: a smoke run",
     )
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the data sets already in OUT/study.json and run the rest; "
+        "the settings must match those of that file",
+    )
+    parser.add_argument(
         "-q", "--quiet", action="store_true", help="only warnings and errors"
     )
 
@@ -665,7 +730,7 @@ def study_command(args) -> int:
         config = StudyConfig.quick(**overrides)
     else:
         config = StudyConfig(**overrides, splits=args.splits, steps=args.steps)
-    result = run_study(config, Path(args.out))
+    result = run_study(config, Path(args.out), resume=args.resume)
     across = result["summary"]["across_datasets"].get("gaussian", {})
     print(f"study written to {args.out}")
     print(f"gaussian against sigma2, full grid: {across.get('full')}")
