@@ -31,11 +31,12 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks import baseline
+from benchmarks import baseline, end_to_end
 from mulde.aggregate import LevelAggregator
 from mulde.network import (
     EnergyMLP,
@@ -792,11 +793,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="skip the torch.compile experiments of the full run",
     )
+    parser.add_argument(
+        "--ped2",
+        metavar="ROOT",
+        help="also time the main job on the UCSD Ped2 copy at ROOT, stage by "
+        "stage, and the latency of scoring one new frame (benchmarks/end_to_end.py)",
+    )
+    parser.add_argument(
+        "--ped2-clips",
+        type=int,
+        metavar="N",
+        help="with --ped2: only the first N training and test clips (default: all)",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.ped2_clips is not None and args.ped2_clips < 1:
+        raise SystemExit(f"--ped2-clips={args.ped2_clips} must be at least 1")
+    if args.ped2 and not Path(args.ped2).is_dir():
+        raise SystemExit(f"--ped2 {args.ped2}: no such folder")
     device = resolve_device(args.device)
     args.device = str(device)
     if args.quick and args.threads is None:
@@ -848,6 +865,13 @@ def main(argv: list[str] | None = None) -> int:
             report["memory"].append(result)
         else:
             report["mixture"] = result
+    if args.ped2:
+        print("end to end on UCSD Ped2", flush=True)
+        # In a child of its own, so that its peak memory is the main job's.
+        with context.Pool(1) as pool:
+            report["end_to_end"] = pool.apply(
+                end_to_end.measure, (Path(args.ped2), args.ped2_clips)
+            )
     report["duration_s"] = time.time() - started
     report["summary"] = summarise(report, configs)
     print_summary(report)

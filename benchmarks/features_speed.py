@@ -102,8 +102,8 @@ def timed(label: str, n_frames: int, seconds: float, extra: str = "") -> None:
 
 def time_stages(
     clips: list[Path], config: FeatureConfig, backbone, workers: int
-) -> int:
-    """Time each stage on its own and return the number of frames."""
+) -> dict:
+    """Time each stage on its own; return the frame and box counts and seconds."""
     start = time.perf_counter()
     frames = {clip: list(iter_frames(clip)) for clip in clips}
     decode = time.perf_counter() - start
@@ -134,7 +134,9 @@ def time_stages(
     velocity = {}
     for clip in clips:
         estimator = FlowEstimator(config.flow_preset)
-        velocity[clip] = [field for _, field in iter_velocity(grays[clip], estimator)]
+        velocity[clip] = [
+            field for _, field in iter_velocity(grays[clip], estimator, config.flow_gap)
+        ]
     flow = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -179,7 +181,20 @@ def time_stages(
     )
     stage_sum = 2 * decode + background + proposals + flow + box_features + cnn
     timed("sum of stages", n_frames, stage_sum)
-    return n_frames
+    return {
+        "frames": n_frames,
+        "boxes": n_boxes,
+        "seconds": {
+            "decode": decode,
+            "background": background,
+            "proposals": proposals,
+            "flow": flow,
+            "box_features_and_crops": box_features,
+            "backbone": cnn,
+            # Background sampling decodes every frame once more.
+            "sum": stage_sum,
+        },
+    }
 
 
 def main() -> None:
@@ -205,7 +220,7 @@ def main() -> None:
     workers, threads = backbone_parallelism(config)
     print(f"backbone workers: {workers}, torch threads per worker: {threads}")
     with torch_threads(threads):
-        n_frames = time_stages(clips, config, backbone, workers)
+        n_frames = time_stages(clips, config, backbone, workers)["frames"]
 
     for threaded in (False, True):
         run_config = replace(config, threaded=threaded)

@@ -803,3 +803,22 @@ def test_extract_dataset_frame_mode(tmp_path, small_dataset):
     np.testing.assert_array_equal(features.frame_index, np.arange(5))
     assert set(features.groups) == {"appearance", "motion"}
     assert cache_folder(tmp_path / "cache", config).name.startswith("frame-")
+
+
+def test_velocity_with_a_gap_is_per_frame():
+    rng = np.random.default_rng(3)
+    texture = cv2.GaussianBlur(
+        rng.integers(0, 255, (64, 80), dtype=np.uint8), (5, 5), 1
+    )
+    # The texture moves 1 px to the right per frame.
+    frames = [np.roll(texture, shift, axis=1) for shift in range(6)]
+
+    pairs = list(iter_velocity(frames, FlowEstimator("fast"), gap=3))
+
+    assert len(pairs) == 6
+    assert all(gray is frame for (gray, _), frame in zip(pairs, frames, strict=True))
+    for _, velocity in pairs:
+        assert np.median(velocity[10:-10, 10:-10, 0]) == pytest.approx(1.0, abs=0.2)
+        assert np.median(velocity[10:-10, 10:-10, 1]) == pytest.approx(0.0, abs=0.2)
+    with pytest.raises(ValueError, match="gap must be at least 1, got 0"):
+        list(iter_velocity(frames, FlowEstimator(), gap=0))

@@ -127,6 +127,11 @@ def _add_run_parser(subparsers) -> None:
         help="object-centric or frame-centric features (default object)",
     )
     scoring.add_argument(
+        "--flow-gap",
+        type=_positive_int,
+        help="frames between the two images of each optical flow (default 4)",
+    )
+    scoring.add_argument(
         "--scoring",
         choices=["concat", "per_group"],
         help="one detector on all feature groups, or one per group (default concat)",
@@ -202,6 +207,8 @@ def resolve_run_config(args: argparse.Namespace):
     config.detector |= {k: v for k, v in detector_options.items() if v is not None}
     if args.features is not None:
         config.features["mode"] = args.features
+    if args.flow_gap is not None:
+        config.features["flow_gap"] = args.flow_gap
     if args.scoring is not None:
         config.scoring.scoring = args.scoring
     if args.smoothing is not None:

@@ -371,7 +371,8 @@ class MULDE(OutlierMixin, BaseEstimator):
             total=self.epochs * steps,
             desc="training",
             unit="step",
-            disable=self.verbose < 2,
+            # None: only on a terminal, see mulde.features.cache.
+            disable=True if self.verbose < 2 else None,
             leave=False,
         )
         self.network_.train()

@@ -134,7 +134,7 @@ def _iter_frames_and_motion(
             pending.append((rgb, original_shape))
             yield cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
 
-    for _, velocity in iter_velocity(grays(), estimator):
+    for _, velocity in iter_velocity(grays(), estimator, config.flow_gap):
         motion = flow_statistics(
             velocity, config.direction_bins, config.magnitude_edges, _PERCENTILES
         )

@@ -200,18 +200,23 @@ def ordered_map(
 
 
 def iter_velocity(
-    grays: Iterable[np.ndarray], estimator: FlowEstimator
+    grays: Iterable[np.ndarray], estimator: FlowEstimator, gap: int = 1
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Pair each grayscale frame with its velocity field.
 
-    Frame 0 is yielded once frame 1 has arrived, and its velocity is the flow
-    from frame 0 to frame 1. Each later frame gets the motion since the previous
-    frame. A clip of a single frame gets zero velocity.
+    Frame t >= gap gets the motion since frame t - gap divided by ``gap``, in
+    pixels per frame. Frames 0 < t < gap get the motion since frame 0, divided by
+    t. Frame 0 is yielded once frame 1 has arrived, and its velocity is the flow
+    from frame 0 to frame 1. A clip of a single frame gets zero velocity.
 
     Parameters
     ----------
     grays : iterable of numpy.ndarray of uint8, shape (H, W)
     estimator : FlowEstimator
+    gap : int
+        Frames between the two images of each flow. Slow objects move only a
+        fraction of a pixel between consecutive frames, which is close to the
+        error of the flow; a longer gap measures their motion over more pixels.
 
     Yields
     ------
@@ -219,17 +224,22 @@ def iter_velocity(
     velocity : numpy.ndarray of float32, shape (H, W, 2)
         (dx, dy) in pixels per frame.
     """
-    previous = None
+    if gap < 1:
+        raise ValueError(f"gap must be at least 1, got {gap}")
+    earlier: deque[np.ndarray] = deque(maxlen=gap)
     n_frames = 0
     for gray in grays:
         n_frames += 1
         if n_frames == 2:
-            yield previous, estimator.flow(previous, gray)
+            yield earlier[0], estimator.flow(earlier[0], gray)
         if n_frames >= 2:
-            yield gray, estimator.velocity(previous, gray)
-        previous = gray
+            # earlier[0] is frame t - gap, or frame 0 while t < gap.
+            velocity = estimator.velocity(earlier[0], gray)
+            span = min(gap, n_frames - 1)
+            yield gray, velocity / span if span > 1 else velocity
+        earlier.append(gray)
     if n_frames == 1:
-        yield previous, np.zeros(previous.shape + (2,), dtype=np.float32)
+        yield earlier[0], np.zeros(earlier[0].shape + (2,), dtype=np.float32)
 
 
 def box_geometry(boxes: np.ndarray, frame_shape: tuple[int, int]) -> np.ndarray:
@@ -362,7 +372,9 @@ def _iter_frame_objects(
             pending.append((rgb, boxes, mask if config.flow_on_foreground else None))
             yield gray
 
-    for index, (gray, velocity) in enumerate(iter_velocity(grays(), estimator)):
+    for index, (gray, velocity) in enumerate(
+        iter_velocity(grays(), estimator, config.flow_gap)
+    ):
         rgb, boxes, mask = pending.pop(0)
         yield _FrameObjects(
             index=index,
