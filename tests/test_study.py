@@ -10,6 +10,7 @@ from scipy import stats
 
 from mulde.cli import main
 from mulde.study import (
+    StudyConfig,
     default_variants,
     epochs_for,
     interval,
@@ -17,6 +18,7 @@ from mulde.study import (
     one_class_splits,
     outcome,
     paired_comparison,
+    run_study,
 )
 
 
@@ -121,3 +123,24 @@ def test_adbench_bad_folder_errors(tmp_path):
         load_adbench(tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_adbench(tmp_path / "missing")
+
+
+def test_resume_keeps_finished_sets_and_refuses_other_settings(small_adbench, tmp_path):
+    out = tmp_path / "study"
+    args = ["study", "--quick", "--adbench", str(small_adbench), "--out", str(out)]
+    assert main(args + ["--quiet"]) == 0
+    first = json.loads((out / "study.json").read_text())
+
+    assert main(args + ["--quiet", "--resume"]) == 0
+    resumed = json.loads((out / "study.json").read_text())
+    # Nothing ran again: the same records, and the study is complete.
+    assert resumed["records"] == first["records"]
+    assert resumed["complete"]
+    assert resumed["seconds"] >= first["seconds"]
+
+    with pytest.raises(ValueError, match="steps=30, this study has steps=400"):
+        run_study(
+            StudyConfig.quick(adbench_dir=str(small_adbench), steps=400),
+            out,
+            resume=True,
+        )

@@ -113,7 +113,7 @@ class StudyConfig:
             "n_components": 1,
         }
     )
-    steps: int = 600
+    steps: int = 400
     ped2_steps: int = 1500
     max_datasets: int | None = None
     baselines: bool = True
@@ -684,7 +684,7 @@ def add_study_parser(subparsers) -> None:
         "--splits", type=int, default=3, help="one-class splits per set"
     )
     parser.add_argument(
-        "--steps", type=int, default=600, help="optimiser steps per fit"
+        "--steps", type=int, default=400, help="optimiser steps per fit"
     )
     parser.add_argument(
         "--max-datasets", type=int, help="use only the N smallest ADBench sets"

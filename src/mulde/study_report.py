@@ -144,8 +144,53 @@ def plot_band_loss(path: Path, result: dict) -> None:
     plt.close(figure)
 
 
+def overview_table(result: dict) -> str:
+    """One row per data set: the main variants, their paired differences, best sigma.
+
+    Differences are on the full grid, against sigma2 over the same (seed, split)
+    pairs, with the outcome of :func:`mulde.study.outcome` in brackets.
+    """
+    from mulde.study import outcome
+
+    levels = result["levels"]
+    lines = [
+        "| data set | sigma2 | gaussian | gaussian - sigma2 | gaussian-is - sigma2 "
+        "| best sigma: sigma2 | best sigma: gaussian |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+
+    def difference(entry: dict, name: str) -> str:
+        comparison = entry["vs_sigma2"].get(name, {}).get("full")
+        if comparison is None or comparison["low"] is None:
+            return "n/a"
+        return (
+            f"{comparison['mean_difference']:+.3f} [{comparison['low']:+.3f}, "
+            f"{comparison['high']:+.3f}] {outcome(comparison)}"
+        )
+
+    def best(entry: dict, name: str) -> str:
+        values = entry["variants"].get(name)
+        if values is None:
+            return "n/a"
+        auc = values["level_auc_energy"]
+        return f"{levels[int(np.argmax(auc))]:.3f}"
+
+    for dataset, entry in result["summary"]["datasets"].items():
+        variants = entry["variants"]
+        cells = [
+            f"{variants[name]['full']['mean']:.3f}" if name in variants else "n/a"
+            for name in ("sigma2", "gaussian")
+        ]
+        lines.append(
+            f"| {dataset} | {cells[0]} | {cells[1]} | {difference(entry, 'gaussian')} "
+            f"| {difference(entry, 'gaussian-is')} | {best(entry, 'sigma2')} "
+            f"| {best(entry, 'gaussian')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def markdown_tables(result: dict) -> str:
-    lines = []
+    lines = ["### Overview (AUC on the full grid)", "", overview_table(result)]
     for dataset, entry in result["summary"]["datasets"].items():
         lines += [
             f"### {dataset}",
