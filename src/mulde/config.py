@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mulde.validation import check_field_types
+
 # Detector settings of the main job. The reference width (4096 x 4096) costs
 # about 60 times more per sample than 512 x 512 and would not fit the 20-minute
 # budget on 2 CPU cores. The learning rate was chosen by the loss on held-out
@@ -123,6 +125,9 @@ class RunConfig:
         return cls.from_dict(data)
 
     def validate(self) -> None:
+        check_field_types(self.dataset, "dataset.")
+        check_field_types(self.scoring, "scoring.")
+        check_field_types(self)
         if self.scoring.scoring not in SCORINGS:
             raise ValueError(
                 f"Unknown scoring {self.scoring.scoring!r}; use one of "
@@ -170,6 +175,10 @@ class RunConfig:
             or self.seed < 0
         ):
             raise ValueError(f"seed={self.seed!r} must be a non-negative integer.")
+        from mulde.features import FeatureConfig
+
+        # Check the feature settings now too, before any clip is read.
+        FeatureConfig.from_dict(self.features)
         options = _detector_options(self.detector)
         from mulde import MULDE
 

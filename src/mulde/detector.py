@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -234,6 +235,7 @@ class MULDE(OutlierMixin, BaseEstimator):
     # ------------------------------------------------------------------ checks
 
     def _check_params(self) -> None:
+        self._check_param_types()
         check_sigma_range(float(self.sigma_low), float(self.sigma_high))
         if not math.isfinite(self.beta) or self.beta < 0:
             raise ValueError(
@@ -261,6 +263,30 @@ class MULDE(OutlierMixin, BaseEstimator):
             raise ValueError(f"dropout={self.dropout} must be in [0, 1).")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate={self.learning_rate} must be > 0.")
+
+    def _check_param_types(self) -> None:
+        """Name a parameter whose default is a number or flag but whose value is not.
+
+        Parameters read from JSON may arrive as strings such as ``"16"``.
+        """
+        for name, default in type(self)().get_params().items():
+            value = getattr(self, name)
+            if value is None or name == "random_state":
+                continue
+            if isinstance(default, bool):
+                expected, ok = "true or false", isinstance(value, (bool, np.bool_))
+            elif isinstance(default, (int, float)):
+                integral = isinstance(default, int)
+                expected = "an integer" if integral else "a number"
+                ok = isinstance(
+                    value, numbers.Integral if integral else numbers.Real
+                ) and not isinstance(value, (bool, np.bool_))
+            else:
+                continue
+            if not ok:
+                raise ValueError(
+                    f"{name}={value!r} must be {expected}, not {type(value).__name__}."
+                )
 
     def _seed(self) -> int:
         if self.random_state is None:

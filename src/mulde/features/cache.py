@@ -28,6 +28,7 @@ import numpy as np
 from mulde.features.backbone import Backbone, get_backbone
 from mulde.features.flow import DEFAULT_MAGNITUDE_EDGES, FLOW_PRESETS
 from mulde.features.proposals import ProposalConfig
+from mulde.validation import check_field_types
 from mulde.video.clips import Clip, VideoDataset
 
 __all__ = [
@@ -261,6 +262,7 @@ class FeatureConfig:
     torch_threads: int | None = None
 
     def __post_init__(self) -> None:
+        check_field_types(self, "features.")
         _check_choice("mode", self.mode, FEATURE_MODES)
         _check_choice("flow_preset", self.flow_preset, tuple(FLOW_PRESETS))
         _check_choice("window_mode", self.window_mode, WINDOW_MODES)

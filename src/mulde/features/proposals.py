@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, fields
 import cv2
 import numpy as np
 
+from mulde.validation import check_field_types
+
 __all__ = [
     "PROPOSAL_METHODS",
     "BackgroundSampler",
@@ -94,6 +96,7 @@ class ProposalConfig:
     hog_min_score: float = 0.5
 
     def __post_init__(self) -> None:
+        check_field_types(self, "features.proposals.")
         if self.method not in PROPOSAL_METHODS:
             raise ValueError(
                 f"unknown proposal method {self.method!r}; valid methods: "

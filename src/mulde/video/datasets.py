@@ -382,7 +382,8 @@ def _label_test_clips(name: str, layout: _Layout, test: list[Clip]) -> list[Clip
         searched = ", ".join(str(path) for path in _label_candidates(name, layout))
         raise FileNotFoundError(
             f"No ground truth found for the {name} test clips in {layout.root}. "
-            f"Searched {searched}. Pass labels=PATH."
+            f"Searched {searched}. Give the labels file with --labels PATH "
+            "(labels=PATH in Python)."
         )
 
     labelled = []
