@@ -199,10 +199,10 @@ class FeatureConfig:
     flow_gap : int
         Frames between the two images of each flow; velocities stay in pixels
         per frame. The default comes from the UCSD Ped2 training clips alone (10
-        frames/s): the ratio of the median flow on foreground pixels to the 99th
-        percentile on static background, with "ultrafast", was 0.74 at a gap of
-        1, 0.85 at 3, 0.88 at 4 and 0.84 at 6. Videos with more frames per second
-        may prefer a longer gap.
+        frames/s), by ``python -m benchmarks.flow_gap``: the ratio of the median
+        flow on foreground pixels to the 99th percentile on static background,
+        with "ultrafast", was 0.74 at a gap of 1, 0.86 at 3, 0.88 at 4 and 0.84
+        at 6. Videos with more frames per second may prefer a longer gap.
     direction_bins : int
         Number of flow direction bins.
     magnitude_edges : tuple of float
