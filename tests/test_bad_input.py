@@ -54,7 +54,8 @@ def test_numpy_scalar_params_can_be_saved(X, tmp_path):
         ({"scoring": {"smoothing_sigma": 1e9}}, "use at most 1000"),
         ({"scoring": {"groups": "velocity"}}, "must be a list of strings"),
         ({"scoring": {"groups": []}}, "must be a non-empty list"),
-        ({"seed": -1}, "seed=-1 must be a non-negative integer"),
+        ({"seed": -1}, r"seed=-1 must be an integer in \[0, 2\*\*32\)"),
+        ({"seed": 2**40}, "must be an integer in"),
         ({"detector": {"epochs": "ten"}}, "epochs='ten' must be an integer"),
         ({"detector": {"n_levels": "16"}}, "n_levels='16' must be an integer, not str"),
         ({"detector": {"sigma_low": "0.001"}}, "sigma_low='0.001' must be a number"),
@@ -71,6 +72,20 @@ def test_numpy_scalar_params_can_be_saved(X, tmp_path):
         ({"scoring": {"smoothing_sigma": "3"}}, "smoothing_sigma='3' must be a number"),
         ({"verbose": "1"}, "verbose='1' must be an integer"),
         ({"seed": True}, "seed=True must be an integer, not bool"),
+        ({"detector": {"importance_sampling": "false"}}, "must be true or false"),
+        ({"detector": {"hidden_sizes": "64"}}, "must be a non-empty list of positive"),
+        ({"detector": {"learning_rate": float("inf")}}, "must be finite and > 0"),
+        ({"detector": {"n_levels": 100_000}}, "n_levels=100000 is more than 1024"),
+        ({"detector": {"n_levels": 0}}, "n_levels"),
+        ({"detector": {"aggregation": "mode"}}, "Unknown aggregation 'mode'"),
+        ({"detector": {"activation": "tanh"}}, "Unknown activation 'tanh'"),
+        ({"detector": {"precision": "half"}}, "Unknown precision 'half'"),
+        ({"detector": {"device": "mps"}}, "device='mps' is not supported"),
+        ({"detector": {"reg_covar": -1.0}}, "reg_covar=-1.0 must be finite"),
+        (
+            {"detector": {"aggregation": "level", "level_index": 99}},
+            r"level_index=99 must be an integer in \[0, 16\)",
+        ),
         ({"detector": {"beta": -1.0}}, "beta=-1.0 must be >= 0"),
     ],
 )
@@ -149,3 +164,56 @@ def test_study_counts_checked(tmp_path, capsys, option, message):
     assert main(args) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_empty_out_from_the_command_line_rejected(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--dataset", "generic", "--root", str(tmp_path), "--out", ""]
+    assert main(args) == 2
+    assert "--out is empty" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_publish_removes_model_files_of_an_earlier_run(tmp_path):
+    from mulde.pipeline import _publish
+
+    out, staging = tmp_path / "run", tmp_path / "staging"
+    out.mkdir()
+    staging.mkdir()
+    for name in ("detector-velocity.safetensors", "pca-velocity.safetensors"):
+        (out / name).write_text("per-group run")
+    (out / "notes.txt").write_text("the user's own file")
+    (staging / "detector.safetensors").write_text("concat run")
+
+    _publish(staging, out)
+
+    assert sorted(p.name for p in out.iterdir()) == [
+        "detector.safetensors",
+        "notes.txt",
+    ]
+
+
+def test_config_file_not_utf8_named(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_bytes('{"seed": 1, "x": "caf\xe9"}'.encode("latin-1"))
+    with pytest.raises(ValueError, match="c.json is not UTF-8 text"):
+        RunConfig.from_file(path)
+    with pytest.raises(ValueError, match="is a folder"):
+        RunConfig.from_file(tmp_path)
+
+
+def test_damaged_model_header_names_the_file(X, tmp_path):
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    path = (
+        MULDE(hidden_sizes=(8,), epochs=1, random_state=0)
+        .fit(X)
+        .save(tmp_path / "d.safetensors")
+    )
+    with safe_open(str(path), framework="np") as reader:
+        header = json.loads(reader.metadata()["mulde"])
+    del header["params"]
+    save_file(load_file(str(path)), str(path), metadata={"mulde": json.dumps(header)})
+    with pytest.raises(ValueError, match="d.safetensors has a damaged mulde header"):
+        MULDE.load(path)

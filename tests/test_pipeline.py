@@ -211,3 +211,12 @@ def test_unknown_config_key_error(tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "Unknown detector keys ['hidden_size']" in err
+
+
+def test_training_on_the_test_clips_rejected(generic, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["run", "--dataset", "generic", "--root", str(generic), "--out", str(out)]
+    args += ["--train-dir", "test", "--test-dir", "test", "--labels", "labels.npz"]
+    assert main(args + ["--cache-dir", str(tmp_path / "cache")] + REDUCED) == 2
+    assert "both training and test clips" in capsys.readouterr().err
+    assert not out.exists()

@@ -144,3 +144,34 @@ def test_resume_keeps_finished_sets_and_refuses_other_settings(small_adbench, tm
             out,
             resume=True,
         )
+
+
+def test_adbench_unreadable_or_nan_files_are_named(tmp_path):
+    (tmp_path / "empty.npz").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty\.npz is not a readable \.npz"):
+        load_adbench(tmp_path)
+    (tmp_path / "empty.npz").unlink()
+    X = np.ones((6, 2))
+    X[2, 1] = np.nan
+    np.savez(tmp_path / "holes.npz", X=X, y=np.array([0, 0, 0, 0, 1, 1]))
+    with pytest.raises(ValueError, match=r"holes\.npz: X has NaN .* in 1 row"):
+        load_adbench(tmp_path)
+
+
+def test_quick_study_takes_given_splits_and_steps(small_adbench, tmp_path, monkeypatch):
+    from mulde import study
+
+    seen = {}
+
+    def record(config, out, resume=False):
+        seen["config"] = config
+        return {"summary": {"across_datasets": {}}}
+
+    monkeypatch.setattr(study, "run_study", record)
+    out = str(tmp_path / "s")
+    args = ["study", "--quick", "--adbench", str(small_adbench), "--out", out]
+    assert main(args + ["--splits", "2", "--steps", "5"]) == 0
+    assert (seen["config"].splits, seen["config"].steps) == (2, 5)
+    assert seen["config"].main_seeds == 2  # still the quick configuration
+    assert main(args) == 0
+    assert (seen["config"].splits, seen["config"].steps) == (1, 30)

@@ -45,9 +45,18 @@ def _add_run_parser(subparsers) -> None:
         help="data set layout (default: the --config file's, else ped2)",
     )
     data.add_argument("--root", help="data set folder (required except for generic)")
-    data.add_argument("--train-dir", help="generic layout: folder of training clips")
-    data.add_argument("--test-dir", help="generic layout: folder of test clips")
-    data.add_argument("--labels", help="generic layout: labels file (.npy, .npz, .csv)")
+    data.add_argument(
+        "--train-dir",
+        help="generic layout: folder of training clips, relative to --root",
+    )
+    data.add_argument(
+        "--test-dir", help="generic layout: folder of test clips, relative to --root"
+    )
+    data.add_argument(
+        "--labels",
+        help="labels file (.npy, .npz, .csv), relative to --root; for the generic "
+        "layout, or where a data set's own labels are missing",
+    )
     data.add_argument(
         "--max-train-clips",
         type=_positive_int,
@@ -230,7 +239,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(json.dumps(config.to_dict(), indent=2))
         return 0
-    metrics = run(config, Path(args.out))
+    # The string, not Path(args.out): Path('') is '.', which hides an empty --out.
+    metrics = run(config, args.out)
     macro = "n/a" if metrics["macro_auc"] is None else f"{metrics['macro_auc']:.4f}"
     print(
         f"micro AUC {metrics['micro_auc']:.4f}  macro AUC {macro}"
@@ -292,7 +302,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:
-        print(f"mulde {args.command}: interrupted", file=sys.stderr)
+        hint = ""
+        if args.command == "study":
+            hint = (
+                f"; the finished data sets are in {Path(args.out) / 'study.json'}, "
+                "and the same command with --resume runs the rest"
+            )
+        print(f"mulde {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
     except (ValueError, OSError, RuntimeError) as error:
         print(f"mulde {args.command}: error: {error}", file=sys.stderr)

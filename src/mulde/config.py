@@ -120,6 +120,15 @@ class RunConfig:
             raise ValueError(
                 f"Configuration file {path} is not valid JSON: {error}"
             ) from error
+        except UnicodeDecodeError as error:
+            raise ValueError(
+                f"Configuration file {path} is not UTF-8 text ({error.reason} at "
+                f"byte {error.start}); save it as UTF-8."
+            ) from error
+        except IsADirectoryError as error:
+            raise ValueError(
+                f"Configuration file {path} is a folder; give the JSON file."
+            ) from error
         if not isinstance(data, dict):
             raise ValueError(f"Configuration file {path} must contain a JSON object.")
         return cls.from_dict(data)
@@ -172,9 +181,9 @@ class RunConfig:
         if (
             isinstance(self.seed, bool)
             or not isinstance(self.seed, int)
-            or self.seed < 0
+            or not 0 <= self.seed < 2**32
         ):
-            raise ValueError(f"seed={self.seed!r} must be a non-negative integer.")
+            raise ValueError(f"seed={self.seed!r} must be an integer in [0, 2**32).")
         from mulde.features import FeatureConfig
 
         # Check the feature settings now too, before any clip is read.

@@ -15,7 +15,13 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from tqdm.auto import tqdm
 
 from mulde.aggregate import LevelAggregator
-from mulde.network import EnergyMLP, autocast, resolve_device, resolve_precision
+from mulde.network import (
+    ACTIVATIONS,
+    EnergyMLP,
+    autocast,
+    resolve_device,
+    resolve_precision,
+)
 from mulde.noise import (
     ImportanceSampler,
     Weighting,
@@ -27,6 +33,10 @@ from mulde.noise import (
 from mulde.score_matching import dsm_loss, multiscale_energies
 
 logger = logging.getLogger(__name__)
+
+# Upper bound of n_levels for the built-in grids; scoring costs one network pass
+# per sample and level.
+MAX_LEVELS = 1024
 
 
 def check_features(X, name: str = "X", n_features: int | None = None) -> np.ndarray:
@@ -254,15 +264,63 @@ class MULDE(OutlierMixin, BaseEstimator):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer.")
-        if not self.hidden_sizes or any(int(w) < 1 for w in self.hidden_sizes):
+        widths = self.hidden_sizes
+        if (
+            not isinstance(widths, (list, tuple))
+            or not widths
+            or not all(
+                isinstance(w, numbers.Integral) and not isinstance(w, bool) and w >= 1
+                for w in widths
+            )
+        ):
             raise ValueError(
-                f"hidden_sizes={self.hidden_sizes!r} must be a non-empty list of "
-                "positive widths."
+                f"hidden_sizes={widths!r} must be a non-empty list of positive "
+                "integer widths, such as [512, 512]."
             )
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1).")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate={self.learning_rate} must be > 0.")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise ValueError(
+                f"learning_rate={self.learning_rate} must be finite and > 0."
+            )
+        if not (self.reg_covar > 0 and math.isfinite(self.reg_covar)):
+            raise ValueError(f"reg_covar={self.reg_covar} must be finite and > 0.")
+        if isinstance(self.level_grid, str) and self.n_levels > MAX_LEVELS:
+            raise ValueError(
+                f"n_levels={self.n_levels} is more than {MAX_LEVELS}; each level is "
+                "one more network pass per sample."
+            )
+        if self.random_state is not None and (
+            not isinstance(self.random_state, numbers.Integral)
+            or isinstance(self.random_state, bool)
+            or not 0 <= self.random_state < 2**32
+        ):
+            raise ValueError(
+                f"random_state={self.random_state!r} must be None or an integer in "
+                "[0, 2**32)."
+            )
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"Unknown activation {self.activation!r}; use one of "
+                f"{sorted(ACTIVATIONS)}."
+            )
+        # These raise ValueError naming the bad setting, before any training.
+        levels = evaluation_levels(
+            self.level_grid, self.n_levels, self.sigma_low, self.sigma_high
+        )
+        LevelAggregator(
+            self.aggregation, self.n_components, self.reg_covar, self.level_index
+        )
+        if self.aggregation == "level" and not (
+            isinstance(self.level_index, numbers.Integral)
+            and 0 <= self.level_index < len(levels)
+        ):
+            raise ValueError(
+                f"level_index={self.level_index!r} must be an integer in "
+                f"[0, {len(levels)}), one of the evaluation levels."
+            )
+        resolve_precision(self.precision, torch.device("cpu"))
+        resolve_device(self.device)
 
     def _check_param_types(self) -> None:
         """Name a parameter whose default is a number or flag but whose value is not.
@@ -429,7 +487,7 @@ class MULDE(OutlierMixin, BaseEstimator):
             total, score_matching, regulariser = (sums / steps).tolist()
             if not math.isfinite(total):
                 bar.close()
-                raise FloatingPointError(
+                raise ValueError(
                     f"The training loss became {total} at epoch {epoch}; lower "
                     f"learning_rate (now {self.learning_rate}) or raise sigma_low "
                     f"(now {self.sigma_low})."

@@ -193,6 +193,11 @@ def resolve_device(device: str) -> torch.device:
         raise ValueError(
             f"Invalid device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'."
         ) from error
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(
+            f"device={device!r} is not supported; use 'auto', 'cpu', 'cuda' or "
+            "'cuda:N'."
+        )
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} was requested but CUDA is not available.")
     return resolved

@@ -137,29 +137,39 @@ def load_detector(path: Path, device: str = "auto"):
             f"{FORMAT_VERSION}. Refit and save the detector with this version."
         )
 
-    params = header["params"]
-    params["device"] = device
-    fitted = header["fitted"]
-    detector = MULDE(**params)
-    detector.n_features_in_ = fitted["n_features_in"]
-    detector.seed_ = fitted["seed"]
-    detector.threshold_ = fitted["threshold"]
-    detector.history_ = fitted["history"]
-    detector.device_ = resolve_device(device)
-    detector.compute_dtype_ = resolve_precision(detector.precision, detector.device_)
-    detector.mean_ = tensors.pop("mean").numpy()
-    detector.scale_ = tensors.pop("scale").numpy()
-    detector.levels_ = tensors.pop("levels").numpy()
-    detector.decision_scores_ = tensors.pop("decision_scores").numpy()
-    detector.labels_ = (detector.decision_scores_ > detector.threshold_).astype(int)
+    try:
+        params = header["params"]
+        params["device"] = device
+        fitted = header["fitted"]
+        detector = MULDE(**params)
+        detector._check_params()
+        detector.n_features_in_ = fitted["n_features_in"]
+        detector.seed_ = fitted["seed"]
+        detector.threshold_ = fitted["threshold"]
+        detector.history_ = fitted["history"]
+        detector.device_ = resolve_device(device)
+        detector.compute_dtype_ = resolve_precision(
+            detector.precision, detector.device_
+        )
+        detector.mean_ = tensors.pop("mean").numpy()
+        detector.scale_ = tensors.pop("scale").numpy()
+        detector.levels_ = tensors.pop("levels").numpy()
+        detector.decision_scores_ = tensors.pop("decision_scores").numpy()
+        detector.labels_ = (detector.decision_scores_ > detector.threshold_).astype(int)
 
-    network = EnergyMLP(
-        detector.n_features_in_,
-        params["hidden_sizes"],
-        params["activation"],
-        params["layer_norm"],
-        params["dropout"],
-    )
+        network = EnergyMLP(
+            detector.n_features_in_,
+            params["hidden_sizes"],
+            params["activation"],
+            params["layer_norm"],
+            params["dropout"],
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ValueError(
+            f"Model file {path} has a damaged mulde header "
+            f"({type(error).__name__}: {error}); save the detector again with "
+            "MULDE.save."
+        ) from error
     state = {
         k.removeprefix("network."): v
         for k, v in tensors.items()

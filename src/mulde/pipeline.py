@@ -292,6 +292,16 @@ def run(config: RunConfig, out: Path) -> dict:
         )
         train_clips = dataset.train[: options.max_train_clips]
         test_clips = dataset.test[: options.max_test_clips]
+        shared = sorted(
+            {Path(c.source).resolve() for c in train_clips}
+            & {Path(c.source).resolve() for c in test_clips}
+        )
+        if shared:
+            raise ValueError(
+                f"{len(shared)} clip(s) are both training and test clips, for "
+                f"example {shared[0]}; a detector fitted on test clips scores them "
+                "as normal. Give separate training and test folders."
+            )
         dataset = type(dataset)(dataset.name, dataset.root, train_clips, test_clips)
         logger.info(
             "dataset %s: %d training clips, %d test clips",
@@ -424,6 +434,11 @@ def check_output_folder(out) -> Path:
             f"Cannot write the run folder {out}: {error}. Choose a writable --out."
         ) from error
     probe.rmdir()
+    if out.is_dir() and not os.access(out, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"Cannot write the run folder {out}: it is not writable. Choose a "
+            "writable --out."
+        )
     for stale in out.parent.glob(f".{out.name}.partial-*"):
         shutil.rmtree(stale, ignore_errors=True)
     return out
@@ -463,8 +478,17 @@ def _save_pca(path: Path, model: GroupModel) -> None:
 
 
 def _publish(staging: Path, out: Path) -> None:
-    """Move every staged file into ``out``, replacing older files of the same name."""
+    """Move every staged file into ``out``, replacing older files of the same name.
+
+    Model files of an earlier run that this run did not write are removed, so
+    that a concat run after a per-group run leaves no per-group detectors.
+    """
     out.mkdir(parents=True, exist_ok=True)
+    staged = {item.name for item in staging.iterdir()}
+    for pattern in ("detector*.safetensors", "pca*.safetensors"):
+        for old in out.glob(pattern):
+            if old.name not in staged:
+                old.unlink()
     for item in sorted(staging.iterdir()):
         target = out / item.name
         if target.is_dir() and not item.is_dir():

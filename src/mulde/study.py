@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -236,13 +237,31 @@ def load_adbench(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         raise FileNotFoundError(f"ADBench folder {folder} does not exist.")
     sets = {}
     for path in sorted(folder.glob("*.npz")):
-        with np.load(path, allow_pickle=False) as data:
-            if "X" not in data or "y" not in data:
-                raise ValueError(
-                    f"{path} has arrays {sorted(data.files)}; an ADBench file needs X "
-                    "(n x d features) and y (0 normal, 1 anomaly)."
-                )
-            X, y = data["X"].astype(np.float64), data["y"].astype(int).ravel()
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if "X" not in data or "y" not in data:
+                    raise ValueError(
+                        f"{path} has arrays {sorted(data.files)}; an ADBench file "
+                        "needs X (n x d features) and y (0 normal, 1 anomaly)."
+                    )
+                X, y = data["X"].astype(np.float64), data["y"].astype(int).ravel()
+        except ValueError as error:
+            if str(path) in str(error):
+                raise
+            raise ValueError(
+                f"{path} cannot be read as numeric X and y arrays ({error})."
+            ) from None
+        except (OSError, EOFError, zipfile.BadZipFile) as error:
+            raise ValueError(
+                f"{path} is not a readable .npz file ({type(error).__name__}: "
+                f"{error}); replace or remove it."
+            ) from None
+        if X.ndim == 2 and not np.isfinite(X).all():
+            rows = int((~np.isfinite(X)).any(axis=1).sum())
+            raise ValueError(
+                f"{path}: X has NaN or infinite values in {rows} row(s); remove or "
+                "impute them before the study."
+            )
         if X.ndim != 2 or len(X) != len(y):
             raise ValueError(
                 f"{path}: X has shape {X.shape} but y has {len(y)} labels."
@@ -681,10 +700,14 @@ def add_study_parser(subparsers) -> None:
     parser.add_argument("--cache-dir", help="feature cache folder of the main job")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument(
-        "--splits", type=int, default=3, help="one-class splits per set"
+        "--splits",
+        type=int,
+        help="one-class splits per set (default 3; 1 with --quick)",
     )
     parser.add_argument(
-        "--steps", type=int, default=400, help="optimiser steps per fit"
+        "--steps",
+        type=int,
+        help="optimiser steps per fit (default 400; 30 with --quick)",
     )
     parser.add_argument(
         "--max-datasets", type=int, help="use only the N smallest ADBench sets"
@@ -726,10 +749,17 @@ def study_command(args) -> int:
         "ped2_cache_dir": args.cache_dir,
         "max_datasets": args.max_datasets,
     }
+    # --splits and --steps default to None, so that --quick keeps its own small
+    # values unless they are given.
+    counts = {
+        name: getattr(args, name)
+        for name in ("splits", "steps")
+        if getattr(args, name) is not None
+    }
     if args.quick:
-        config = StudyConfig.quick(**overrides)
+        config = StudyConfig.quick(**overrides, **counts)
     else:
-        config = StudyConfig(**overrides, splits=args.splits, steps=args.steps)
+        config = StudyConfig(**overrides, **counts)
     result = run_study(config, Path(args.out), resume=args.resume)
     across = result["summary"]["across_datasets"].get("gaussian", {})
     print(f"study written to {args.out}")

@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from mulde.noise import make_weighting  # noqa: E402
+from mulde.persistence import atomic_write  # noqa: E402
 
 MAIN = ("sigma2", "gaussian", "gaussian-is")
 
@@ -52,7 +53,7 @@ def plot_weightings(path: Path, variants: list[dict]) -> None:
         ax.set_xlabel("sigma")
     left.legend(fontsize=6)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=100, format="png")
     plt.close(figure)
 
 
@@ -81,7 +82,7 @@ def plot_auc_by_sigma(path: Path, result: dict) -> None:
     figure.supxlabel("sigma (grey band: [0.2, 0.5]); triangle = best level")
     figure.supylabel("AUC of the energy at this level alone")
     figure.tight_layout()
-    figure.savefig(path, dpi=90)
+    figure.savefig(path, dpi=90, format="png")
     plt.close(figure)
 
 
@@ -118,7 +119,7 @@ def plot_bars(path: Path, result: dict) -> None:
     ax.set_ylabel("AUC, full grid (95% interval)")
     ax.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=100, format="png")
     plt.close(figure)
 
 
@@ -140,7 +141,7 @@ def plot_band_loss(path: Path, result: dict) -> None:
     ax.set_title("Training-data loss by sigma band, mean over data sets")
     ax.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=100, format="png")
     plt.close(figure)
 
 
@@ -244,9 +245,14 @@ def write_study_report(folder: Path, result: dict) -> None:
         "auc_bars.png": plot_bars,
         "band_loss.png": plot_band_loss,
     }
+    # Every file goes through a temporary file, so that a study stopped while
+    # writing its report leaves each file whole, old or new.
     for name, plot in plots.items():
         argument = result["variants"] if plot is plot_weightings else result
-        plot(folder / name, argument)
+        atomic_write(
+            folder / name,
+            lambda path, plot=plot, argument=argument: plot(path, argument),
+        )
     tables = markdown_tables(result)
     markdown = (
         "# Weighting study\n\n"
@@ -254,7 +260,9 @@ def write_study_report(folder: Path, result: dict) -> None:
         + "".join(f"![{name}]({name})\n\n" for name in plots)
         + tables
     )
-    (folder / "report.md").write_text(markdown, encoding="utf-8")
+    atomic_write(
+        folder / "report.md", lambda path: path.write_text(markdown, encoding="utf-8")
+    )
     images = "".join(
         f"<h2>{html.escape(name)}</h2>"
         f'<img alt="{html.escape(name)}" src="data:image/png;base64,'
@@ -268,4 +276,6 @@ def write_study_report(folder: Path, result: dict) -> None:
         "img{max-width:100%}</style></head><body><h1>Weighting study</h1>"
         f"{images}<h2>Tables</h2><pre>{html.escape(tables)}</pre></body></html>"
     )
-    (folder / "report.html").write_text(page, encoding="utf-8")
+    atomic_write(
+        folder / "report.html", lambda path: path.write_text(page, encoding="utf-8")
+    )
