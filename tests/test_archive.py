@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import stat
 import tarfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -231,6 +233,139 @@ def test_unpack_keeps_symlink_inside(tmp_path):
     assert link.is_symlink()
     assert os.readlink(link) == "UCSDped2"
     assert (root.parent / "copy.m").read_text() == M_FILE
+
+
+def record_copies(monkeypatch) -> list:
+    """Record every file that unpack_archive writes, while still writing it."""
+    real_copy = archive_module.shutil.copyfileobj
+    targets = []
+
+    def copy_and_record(source, target, *args):
+        targets.append(target)
+        return real_copy(source, target, *args)
+
+    monkeypatch.setattr(archive_module.shutil, "copyfileobj", copy_and_record)
+    return targets
+
+
+@pytest.mark.parametrize("suffix", [".tar.gz", ".zip"])
+@pytest.mark.parametrize("copy_name", ["Test/UCSDped2.m", "Test/./UCSDped2.m"])
+def test_unpack_rejects_duplicate_members(tmp_path, monkeypatch, suffix, copy_name):
+    archive = tmp_path / f"ucsd{suffix}"
+    members = list(ucsd_members().items())
+    members.append((f"{UCSD_TOP}/UCSDped2/{copy_name}", b"% replaced\n"))
+    if suffix == ".zip":
+        with zipfile.ZipFile(archive, "w") as zip_file:
+            for name, data in members:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)  # "Duplicate name"
+                    zip_file.writestr(name, data)
+    else:
+        with tarfile.open(archive, "w:gz") as tar:
+            for name, data in members:
+                add_tar_file(tar, name, data)
+    copies = record_copies(monkeypatch)
+    dest = tmp_path / "dest"
+
+    with pytest.raises(
+        ValueError, match=rf"Invalid archive .*ucsd{re.escape(suffix)}"
+    ) as info:
+        unpack_archive(archive, dest, "ped2")
+    message = str(info.value)
+    assert f"'{UCSD_TOP}/UCSDped2/Test/UCSDped2.m' (2 members)" in message
+    assert "damaged or hand-made" in message
+    assert copies == []
+    assert not dest.exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_unpack_accepts_repeated_folder_entry(tmp_path):
+    archive = tmp_path / "ucsd.tar"
+    with tarfile.open(archive, "w") as tar:
+        for _ in range(2):
+            info = tarfile.TarInfo(UCSD_TOP)
+            info.type = tarfile.DIRTYPE
+            tar.addfile(info)
+        for name, data in ucsd_members().items():
+            add_tar_file(tar, name, data)
+
+    root = unpack_archive(archive, tmp_path / "dest", "ped2")
+
+    assert root == tmp_path / "dest" / UCSD_TOP / "UCSDped2"
+
+
+@pytest.mark.parametrize("suffix", [".tar", ".zip"])
+@pytest.mark.parametrize(
+    "names",
+    [("top/a", "top/a/b"), ("top/a/b", "top/a")],
+    ids=["file_first", "folder_first"],
+)
+def test_unpack_rejects_file_folder_collision(tmp_path, monkeypatch, suffix, names):
+    files = {name: b"data" for name in names}
+    if suffix == ".zip":
+        archive = write_zip(tmp_path / "bad.zip", files)
+    else:
+        archive = write_tar(tmp_path / "bad.tar", files, "w")
+    copies = record_copies(monkeypatch)
+
+    with pytest.raises(
+        ValueError,
+        match=rf"Invalid member 'top/a/b' in .*bad{suffix}: it needs 'top/a' to be a "
+        "folder, but the archive contains 'top/a' as a file",
+    ) as info:
+        unpack_archive(archive, tmp_path / "dest", "ped2")
+    assert "damaged or hand-made" in str(info.value)
+    assert ".partial-" not in str(info.value)
+    assert copies == []
+    assert leftovers(tmp_path) == []
+
+
+def test_unpack_rejects_symlink_used_as_folder(tmp_path):
+    archive = tmp_path / "bad.tar"
+    with tarfile.open(archive, "w") as tar:
+        add_tar_file(tar, "top/sub/file", b"data")
+        add_tar_link(tar, "top/link", "sub")
+        add_tar_file(tar, "top/link/other", b"data")
+
+    with pytest.raises(
+        ValueError,
+        match=r"Invalid member 'top/link/other' .*'top/link' as a symbolic link",
+    ):
+        unpack_archive(archive, tmp_path / "dest", "ped2")
+    assert not (tmp_path / "dest").exists()
+
+
+def test_unpack_collision_on_disk_names_member(tmp_path, monkeypatch):
+    # Skipping the folder check simulates names that only a case-insensitive file
+    # system treats as equal, which the checks before extraction cannot see.
+    monkeypatch.setattr(archive_module, "_check_folder_collisions", lambda *_: None)
+    archive = write_tar(tmp_path / "bad.tar", {"top/a": b"1", "top/a/b": b"2"}, "w")
+
+    with pytest.raises(
+        ValueError,
+        match=r"Cannot extract member 'top/a/b' from .*bad\.tar: another member "
+        "already uses its path",
+    ) as info:
+        unpack_archive(archive, tmp_path / "dest", "ped2")
+    assert ".partial-" not in str(info.value)
+    assert leftovers(tmp_path) == []
+
+
+def test_unpack_rejects_zip_symlink_not_utf8(tmp_path):
+    archive = tmp_path / "bad.zip"
+    with zipfile.ZipFile(archive, "w") as zip_file:
+        info = zipfile.ZipInfo("top/link")
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zip_file.writestr(info, "café".encode("latin-1"))
+
+    with pytest.raises(
+        ValueError,
+        match=r"Invalid symbolic link 'top/link' in .*bad\.zip: its target "
+        r"b'caf\\xe9' is not valid UTF-8",
+    ):
+        unpack_archive(archive, tmp_path / "dest", "ped2")
+    assert not (tmp_path / "dest").exists()
+    assert leftovers(tmp_path) == []
 
 
 def test_unpack_rejects_device_member(tmp_path):

@@ -341,3 +341,24 @@ def test_match_clip_labels_ambiguous_raises():
 )
 def test_normalize_clip_key(name, expected):
     assert normalize_clip_key(name) == expected
+
+
+@pytest.mark.parametrize("header", ["clip,frame,label\n", ""])
+def test_labels_file_csv_ignores_bom(tmp_path, header):
+    path = tmp_path / "labels.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + f"{header}cam,0,0\ncam,1,1\n".encode())
+
+    labels = load_labels_file(path)
+
+    assert list(labels) == ["cam"]
+    assert labels["cam"].tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("prefix", [b"", b"\xef\xbb\xbf"])
+def test_labels_file_csv_not_utf8_raises(tmp_path, prefix):
+    path = tmp_path / "labels.csv"
+    path.write_bytes(prefix + "clip,frame,label\ncafé,0,1\n".encode("latin-1"))
+
+    with pytest.raises(LabelError, match=r"labels\.csv, line 2: invalid UTF-8") as info:
+        load_labels_file(path)
+    assert "Save the file as UTF-8" in str(info.value)

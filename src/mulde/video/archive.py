@@ -14,9 +14,12 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from mulde.video.datasets import locate_dataset_root
 
@@ -76,6 +79,7 @@ DATASET_SOURCES: dict[str, dict] = {
 }
 
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+_LINK_KINDS = ("symlink", "hardlink")
 
 
 def describe_sources(name: str) -> str:
@@ -111,7 +115,9 @@ def unpack_archive(
     Accepts ``.tar.gz``, ``.tgz``, ``.tar`` and ``.zip``. Members with absolute
     paths or ``..`` components, symlinks or hard links that resolve outside the
     archive, and device or FIFO members are rejected before anything is moved
-    into ``dest``.
+    into ``dest``. So are two files or links with the same name, and a file or
+    link whose path another member needs as a folder. These checks, except the
+    one that resolves chains of symlinks, run before any file is extracted.
 
     The archive is first extracted into a temporary folder next to ``dest``. If
     ``dest`` does not exist, that folder is renamed to ``dest``. Otherwise each
@@ -131,8 +137,9 @@ def unpack_archive(
     FileNotFoundError
         If ``archive`` does not exist.
     ValueError
-        If the archive format is unsupported, a member is unsafe, an entry already
-        exists in ``dest``, or the extracted files do not contain the dataset.
+        If the archive format is unsupported, a member is unsafe, two members
+        collide, a zip symlink target is not UTF-8, an entry already exists in
+        ``dest``, or the extracted files do not contain the dataset.
     """
     source_name = dataset.lower()
     _source(source_name)
@@ -182,9 +189,21 @@ def _source(name: str) -> dict:
 class _Member:
     """One archive entry, reduced to what extraction needs."""
 
+    name: str  # as stored in the archive, for error messages
     parts: tuple[str, ...]
     kind: str  # "dir", "file", "symlink" or "hardlink"
     link_target: str = ""
+
+
+_KIND_NAMES = {
+    "dir": "folder",
+    "file": "file",
+    "symlink": "symbolic link",
+    "hardlink": "hard link",
+}
+_DAMAGED_HINT = (
+    "The archive looks damaged or hand-made, so download it again or rebuild it."
+)
 
 
 def _extract(archive: Path, staging: Path) -> None:
@@ -239,6 +258,96 @@ def _check_link_target(member: _Member, archive: Path) -> None:
             parts.append(part)
 
 
+def _check_members(members: list[_Member], archive: Path) -> None:
+    """Reject duplicate names, file and folder collisions and unsafe link targets.
+
+    Runs before any file is written, so a rejected archive extracts nothing.
+    """
+    _check_duplicates(members, archive)
+    _check_folder_collisions(members, archive)
+    for member in members:
+        if member.kind in _LINK_KINDS:
+            _check_link_target(member, archive)
+
+
+def _check_duplicates(members: list[_Member], archive: Path) -> None:
+    by_parts: dict[tuple[str, ...], list[_Member]] = {}
+    for member in members:
+        by_parts.setdefault(member.parts, []).append(member)
+
+    # A folder listed twice loses nothing. Any other repeated name would make the
+    # last copy silently replace the earlier ones, or make extraction fail.
+    duplicates = [
+        group
+        for group in by_parts.values()
+        if len(group) > 1 and any(member.kind != "dir" for member in group)
+    ]
+    if not duplicates:
+        return
+    listed = ", ".join(
+        f"{group[0].name!r} ({len(group)} members)" for group in duplicates[:10]
+    )
+    if len(duplicates) > 10:
+        listed += f" and {len(duplicates) - 10} more names"
+    raise ValueError(
+        f"Invalid archive {archive}: several members have the same name: {listed}. "
+        f"{_DAMAGED_HINT}"
+    )
+
+
+def _check_folder_collisions(members: list[_Member], archive: Path) -> None:
+    """Reject a file or link whose path another member needs as a folder."""
+    # Each folder path that the members need, mapped to the first member inside it.
+    first_inside: dict[tuple[str, ...], _Member] = {}
+    for member in members:
+        for end in range(1, len(member.parts)):
+            first_inside.setdefault(member.parts[:end], member)
+
+    for member in members:
+        inside = first_inside.get(member.parts)
+        if member.kind != "dir" and inside is not None:
+            raise ValueError(
+                f"Invalid member {inside.name!r} in {archive}: it needs "
+                f"{member.name!r} to be a folder, but the archive contains "
+                f"{member.name!r} as a {_KIND_NAMES[member.kind]}. {_DAMAGED_HINT}"
+            )
+
+
+@contextmanager
+def _collision_errors(member: _Member, archive: Path) -> Iterator[None]:
+    """Convert a path collision while extracting ``member`` into a ValueError.
+
+    ``_check_members`` compares names exactly, so it misses names that only a
+    case-insensitive or Unicode-normalizing file system treats as equal. On such a
+    file system the second member fails here with one of these errors.
+    """
+    try:
+        yield
+    except (FileExistsError, IsADirectoryError, NotADirectoryError) as error:
+        raise ValueError(
+            f"Cannot extract member {member.name!r} from {archive}: another member "
+            f"already uses its path ({error.strerror}). {_DAMAGED_HINT}"
+        ) from error
+
+
+def _write_member(
+    member: _Member,
+    open_content: Callable[[], IO[bytes]],
+    staging: Path,
+    archive: Path,
+) -> None:
+    """Create a folder member, or copy a file member's content from ``open_content``."""
+    target = staging.joinpath(*member.parts)
+    with _collision_errors(member, archive):
+        if member.kind == "dir":
+            target.mkdir(parents=True, exist_ok=True)
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Mode "xb" fails on an existing path instead of overwriting it.
+        with open_content() as stream, target.open("xb") as out:
+            shutil.copyfileobj(stream, out)
+
+
 def _iter_tar_members(
     tar: tarfile.TarFile, archive: Path
 ) -> Iterator[tuple[_Member, tarfile.TarInfo]]:
@@ -247,13 +356,13 @@ def _iter_tar_members(
         if not parts:
             continue
         if info.isdir():
-            yield _Member(parts, "dir"), info
+            yield _Member(info.name, parts, "dir"), info
         elif info.isfile():
-            yield _Member(parts, "file"), info
+            yield _Member(info.name, parts, "file"), info
         elif info.issym():
-            yield _Member(parts, "symlink", info.linkname), info
+            yield _Member(info.name, parts, "symlink", info.linkname), info
         elif info.islnk():
-            yield _Member(parts, "hardlink", info.linkname), info
+            yield _Member(info.name, parts, "hardlink", info.linkname), info
         else:
             raise ValueError(
                 f"Unsafe member {info.name!r} in {archive}: device, FIFO and other "
@@ -262,56 +371,77 @@ def _iter_tar_members(
 
 
 def _extract_tar(archive: Path, staging: Path) -> None:
-    links = []
     try:
         with tarfile.open(archive, "r:*") as tar:
-            for member, info in _iter_tar_members(tar, archive):
-                target = staging.joinpath(*member.parts)
-                if member.kind == "dir":
-                    target.mkdir(parents=True, exist_ok=True)
-                elif member.kind == "file":
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    with tar.extractfile(info) as stream, target.open("wb") as out:
-                        shutil.copyfileobj(stream, out)
-                else:
-                    _check_link_target(member, archive)
-                    links.append(member)
+            # Listing a compressed tar decompresses all of it once more, which is
+            # the price of checking every member before any file is written.
+            members = list(_iter_tar_members(tar, archive))
+            _check_members([member for member, _ in members], archive)
+            for member, info in members:
+                if member.kind in ("dir", "file"):
+                    _write_member(
+                        member, partial(tar.extractfile, info), staging, archive
+                    )
     except (tarfile.TarError, gzip.BadGzipFile, zlib.error, EOFError) as error:
         raise ValueError(
             f"Cannot read tar archive {archive}: {error}. The archive is truncated "
             "or corrupt, so download it again."
         ) from error
+    links = [member for member, _ in members if member.kind in _LINK_KINDS]
     _create_links(links, staging, archive)
 
 
 def _extract_zip(archive: Path, staging: Path) -> None:
-    links = []
     try:
         with zipfile.ZipFile(archive) as zip_file:
-            for info in zip_file.infolist():
-                parts = _safe_parts(info.filename, archive)
-                if not parts:
-                    continue
-                target = staging.joinpath(*parts)
-                mode = info.external_attr >> 16
-                if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                elif stat.S_ISLNK(mode):
-                    # Zip stores a symlink as a member whose content is the target.
-                    link_target = zip_file.read(info).decode("utf-8")
-                    member = _Member(parts, "symlink", link_target)
-                    _check_link_target(member, archive)
-                    links.append(member)
-                else:
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    with zip_file.open(info) as stream, target.open("wb") as out:
-                        shutil.copyfileobj(stream, out)
+            members = _list_zip_members(zip_file, archive)
+            _check_members([member for member, _ in members], archive)
+            for member, info in members:
+                if member.kind in ("dir", "file"):
+                    _write_member(
+                        member, partial(zip_file.open, info), staging, archive
+                    )
     except (zipfile.BadZipFile, zlib.error, EOFError) as error:
         raise ValueError(
             f"Cannot read zip archive {archive}: {error}. The archive is truncated "
             "or corrupt, so download it again."
         ) from error
+    links = [member for member, _ in members if member.kind in _LINK_KINDS]
     _create_links(links, staging, archive)
+
+
+def _list_zip_members(
+    zip_file: zipfile.ZipFile, archive: Path
+) -> list[tuple[_Member, zipfile.ZipInfo]]:
+    members = []
+    for info in zip_file.infolist():
+        parts = _safe_parts(info.filename, archive)
+        if not parts:
+            continue
+        mode = info.external_attr >> 16
+        if info.is_dir():
+            member = _Member(info.filename, parts, "dir")
+        elif stat.S_ISLNK(mode):
+            link_target = _read_zip_link_target(zip_file, info, archive)
+            member = _Member(info.filename, parts, "symlink", link_target)
+        else:
+            member = _Member(info.filename, parts, "file")
+        members.append((member, info))
+    return members
+
+
+def _read_zip_link_target(
+    zip_file: zipfile.ZipFile, info: zipfile.ZipInfo, archive: Path
+) -> str:
+    # Zip stores a symlink as a member whose content is the target.
+    content = zip_file.read(info)
+    try:
+        return content.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"Invalid symbolic link {info.filename!r} in {archive}: its target "
+            f"{content[:100]!r} is not valid UTF-8. {_DAMAGED_HINT}"
+        ) from error
 
 
 def _create_links(links: list[_Member], staging: Path, archive: Path) -> None:
@@ -322,18 +452,20 @@ def _create_links(links: list[_Member], staging: Path, archive: Path) -> None:
     """
     for member in sorted(links, key=lambda link: link.kind != "hardlink"):
         target = staging.joinpath(*member.parts)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if member.kind == "hardlink":
-            # A hard link must point at a regular file extracted from the archive.
-            linked = staging.joinpath(*_safe_parts(member.link_target, archive))
-            if linked.is_symlink() or not linked.is_file():
-                raise ValueError(
-                    f"Unsafe hard link {'/'.join(member.parts)!r} in {archive}: "
-                    f"target {member.link_target!r} is not a file in the archive."
-                )
-            os.link(linked, target)
-        else:
-            os.symlink(member.link_target, target)
+        with _collision_errors(member, archive):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if member.kind == "hardlink":
+                # A hard link must point at a regular file extracted from the
+                # archive.
+                linked = staging.joinpath(*_safe_parts(member.link_target, archive))
+                if linked.is_symlink() or not linked.is_file():
+                    raise ValueError(
+                        f"Unsafe hard link {'/'.join(member.parts)!r} in {archive}: "
+                        f"target {member.link_target!r} is not a file in the archive."
+                    )
+                os.link(linked, target)
+            else:
+                os.symlink(member.link_target, target)
 
     # A lexically safe target can still escape through a chain of symlinks, so
     # every link is resolved again once all of them exist.

@@ -7,6 +7,7 @@ Every parser returns int8 arrays with one entry per frame, 1 = anomalous and
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 import re
@@ -331,7 +332,8 @@ def load_labels_file(
       and a (T, H, W) array is pixel masks, reduced per frame.
     - ``.npy`` containing a pickled ``{clip: labels}`` dict. Loading it runs pickle,
       so it requires ``allow_pickle=True`` and must come from a trusted source.
-    - ``.csv`` with columns ``clip,frame,label``. The header row is optional.
+    - ``.csv`` with columns ``clip,frame,label``, in UTF-8 with or without a byte
+      order mark. The header row is optional.
       Frame numbers must be contiguous per clip and are 0-based, or 1-based when
       the smallest frame number in the file is 1.
     - a folder of ``<clip>.npy`` vectors (ShanghaiTech) or ``N_label.mat`` files
@@ -570,9 +572,25 @@ def _load_npy_dict(path: Path, allow_pickle: bool) -> dict[str, np.ndarray]:
     }
 
 
+def _read_csv_text(path: Path) -> str:
+    """Read a CSV labels file as UTF-8 text, without a leading byte order mark."""
+    data = path.read_bytes()
+    try:
+        # Some spreadsheet programs start a UTF-8 CSV file with a byte order mark.
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        # error.object is the input after the byte order mark, if there was one.
+        line_number = error.object[: error.start].count(b"\n") + 1
+        bad_bytes = error.object[error.start : error.end]
+        raise LabelError(
+            f"{path}, line {line_number}: invalid UTF-8 bytes {bad_bytes!r}. Save "
+            "the file as UTF-8."
+        ) from error
+
+
 def _load_csv_labels(path: Path) -> dict[str, np.ndarray]:
     frames_by_clip: dict[str, dict[int, int]] = {}
-    with path.open(newline="", encoding="utf-8") as handle:
+    with io.StringIO(_read_csv_text(path), newline="") as handle:
         for line_number, row in enumerate(csv.reader(handle), start=1):
             cells = [cell.strip() for cell in row]
             if not any(cells) or cells[0].startswith("#"):
