@@ -163,7 +163,7 @@ def test_quick_study_takes_given_splits_and_steps(small_adbench, tmp_path, monke
 
     seen = {}
 
-    def record(config, out, resume=False):
+    def record(config, out, resume=False, merge=()):
         seen["config"] = config
         return {"summary": {"across_datasets": {}}}
 
@@ -175,3 +175,17 @@ def test_quick_study_takes_given_splits_and_steps(small_adbench, tmp_path, monke
     assert seen["config"].main_seeds == 2  # still the quick configuration
     assert main(args) == 0
     assert (seen["config"].splits, seen["config"].steps) == (1, 30)
+
+
+def test_merge_keeps_the_sets_of_other_studies(small_adbench, tmp_path):
+    first, merged = tmp_path / "first", tmp_path / "merged"
+    args = ["study", "--quick", "--adbench", str(small_adbench), "--quiet"]
+    assert main(args + ["--out", str(first)]) == 0
+    records = json.loads((first / "study.json").read_text())["records"]
+
+    merge = ["--merge", str(first / "study.json")]
+    assert main(args + ["--out", str(merged)] + merge) == 0
+    result = json.loads((merged / "study.json").read_text())
+    assert result["records"] == records
+    assert result["complete"]
+    assert "42_WBC" in result["summary"]["datasets"]

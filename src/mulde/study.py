@@ -623,11 +623,15 @@ def run_study(
     out: Path,
     variants: list[Variant] | None = None,
     resume: bool = False,
+    merge: list[Path] | tuple[Path, ...] = (),
 ) -> dict:
     """Run the study and write study.json, report.md and report.html to ``out``.
 
     With ``resume``, the data sets already in ``out/study.json`` are kept and
-    skipped, provided that file was written with the same protocol.
+    skipped, provided that file was written with the same protocol. ``merge``
+    names more study.json files of the same protocol, for example from studies
+    of other data sets run side by side; their data sets are kept and skipped
+    too.
     """
     from mulde.study_report import write_study_report
 
@@ -642,6 +646,11 @@ def run_study(
     out = Path(out)
     if resume and (out / "study.json").exists():
         records, earlier_seconds = load_finished(out / "study.json", config, variants)
+    for path in merge:
+        more, seconds = load_finished(Path(path), config, variants)
+        known = {r["dataset"] for r in records}
+        records += [r for r in more if r["dataset"] not in known]
+        earlier_seconds += seconds
     finished = {r["dataset"] for r in records}
     if finished:
         logger.info("resuming: keeping %s", ", ".join(sorted(finished)))
@@ -724,6 +733,14 @@ def add_study_parser(subparsers) -> None:
         "the settings must match those of that file",
     )
     parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=[],
+        metavar="STUDY_JSON",
+        help="also keep the data sets of these study.json files, written with the "
+        "same settings (for studies run side by side)",
+    )
+    parser.add_argument(
         "-q", "--quiet", action="store_true", help="only warnings and errors"
     )
 
@@ -760,7 +777,9 @@ def study_command(args) -> int:
         config = StudyConfig.quick(**overrides, **counts)
     else:
         config = StudyConfig(**overrides, **counts)
-    result = run_study(config, Path(args.out), resume=args.resume)
+    result = run_study(
+        config, Path(args.out), resume=args.resume, merge=[Path(m) for m in args.merge]
+    )
     across = result["summary"]["across_datasets"].get("gaussian", {})
     print(f"study written to {args.out}")
     print(f"gaussian against sigma2, full grid: {across.get('full')}")
