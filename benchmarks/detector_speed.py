@@ -47,7 +47,6 @@ from mulde.network import (
 )
 from mulde.noise import sample_log_uniform, sigma2_weighting
 from mulde.score_matching import (
-    CompiledLoss,
     dsm_loss,
     first_layer_all_levels,
     multiscale_energies,
@@ -351,7 +350,7 @@ def build_train(config, implementation, device, dtype):
     loss = dsm_loss
     if implementation == "mulde_compiled":
         use_fresh_compile_cache()
-        loss = CompiledLoss()
+        loss = torch.compile(dsm_loss)
 
     def step():
         # The body of MULDE._train's inner loop.

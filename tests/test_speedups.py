@@ -135,3 +135,14 @@ def test_bfloat16_autocast_fast_paths_close_to_float32():
     assert torch.isfinite(parts.total)
     parts.total.backward()
     assert all(torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+@pytest.mark.parametrize(
+    "module", ["detector_speed", "end_to_end", "features_speed", "flow_gap"]
+)
+def test_benchmark_modules_import(module):
+    # The benchmarks run outside the test suite; importing them here catches
+    # names they take from mulde that no longer exist.
+    import importlib
+
+    importlib.import_module(f"benchmarks.{module}")
