@@ -217,3 +217,23 @@ def test_damaged_model_header_names_the_file(X, tmp_path):
     save_file(load_file(str(path)), str(path), metadata={"mulde": json.dumps(header)})
     with pytest.raises(ValueError, match="d.safetensors has a damaged mulde header"):
         MULDE.load(path)
+
+
+def test_unknown_scoring_group_rejected_before_work():
+    with pytest.raises(ValueError, match=r"scoring.groups has \['pose'\]"):
+        RunConfig.from_dict({"scoring": {"groups": ["velocity", "pose"]}})
+
+
+def test_scores_of_no_rows_are_empty(X):
+    detector = MULDE(hidden_sizes=(8,), epochs=1, random_state=0).fit(X)
+    assert detector.decision_function(np.zeros((0, X.shape[1]))).shape == (0,)
+    assert detector.score_samples(np.zeros((0, X.shape[1]))).shape == (0,)
+
+
+def test_cache_folder_that_is_a_file_named(tmp_path):
+    from mulde.pipeline import _check_cache_folder
+
+    blocker = tmp_path / "cache"
+    blocker.write_text("not a folder")
+    with pytest.raises(ValueError, match="Cannot write the feature cache folder"):
+        _check_cache_folder(blocker)

@@ -188,6 +188,14 @@ class RunConfig:
 
         # Check the feature settings now too, before any clip is read.
         FeatureConfig.from_dict(self.features)
+        mode_groups = self.mode_groups()
+        unknown = [g for g in self.feature_groups() if g not in mode_groups]
+        if unknown:
+            raise ValueError(
+                f"scoring.groups has {unknown}, which feature mode "
+                f"{self.features.get('mode', 'object')!r} does not produce; its "
+                f"groups are {mode_groups}."
+            )
         options = _detector_options(self.detector)
         from mulde import MULDE
 
@@ -198,6 +206,10 @@ class RunConfig:
         """The groups to score: as configured, or all groups of the feature mode."""
         if self.scoring.groups is not None:
             return list(self.scoring.groups)
+        return self.mode_groups()
+
+    def mode_groups(self) -> list[str]:
+        """Every group that the configured feature mode produces."""
         if self.features.get("mode", "object") == "frame":
             return ["appearance", "motion"]
         return ["velocity", "appearance", "geometry"]

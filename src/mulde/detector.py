@@ -593,7 +593,11 @@ class MULDE(OutlierMixin, BaseEstimator):
     def decision_function(self, X) -> np.ndarray:
         """Anomaly score of shape (n,): higher means more anomalous."""
         self._check_fitted()
-        return self.aggregator_.score(self._level_vectors(X))
+        vectors = self._level_vectors(X)
+        if len(vectors) == 0:
+            # The mixture rejects an empty array; no samples have no scores.
+            return np.zeros(0)
+        return self.aggregator_.score(vectors)
 
     def score_samples(self, X) -> np.ndarray:
         """Normality score of shape (n,): higher means more normal."""

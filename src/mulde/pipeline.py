@@ -313,6 +313,7 @@ def run(config: RunConfig, out: Path) -> dict:
     with timer.stage("features"):
         feature_config = FeatureConfig.from_dict(config.features)
         cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+        _check_cache_folder(cache_dir)
         features = extract_dataset(
             dataset, feature_config, cache_dir, verbose=config.verbose >= 1
         )
@@ -442,6 +443,19 @@ def check_output_folder(out) -> Path:
     for stale in out.parent.glob(f".{out.name}.partial-*"):
         shutil.rmtree(stale, ignore_errors=True)
     return out
+
+
+def _check_cache_folder(cache_dir: Path) -> None:
+    """Raise ValueError naming the feature cache when it cannot be written."""
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        probe = Path(tempfile.mkdtemp(prefix=".write-check-", dir=cache_dir))
+    except OSError as error:
+        raise ValueError(
+            f"Cannot write the feature cache folder {cache_dir}: {error}. Choose a "
+            "writable --cache-dir."
+        ) from error
+    probe.rmdir()
 
 
 def _environment(detector: MULDE) -> dict:
