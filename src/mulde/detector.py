@@ -405,6 +405,15 @@ class MULDE(OutlierMixin, BaseEstimator):
                 self._to_tensor(X_train), self._to_tensor(X_val), seed
             )
 
+        if self.verbose >= 1:
+            # Scoring the training rows at every level takes a while on large
+            # sets, with no other line in between.
+            logger.info(
+                "scoring %d training rows at %d levels for the %s aggregation",
+                X_train.shape[0],
+                len(self.levels_),
+                self.aggregation,
+            )
         self.aggregator_ = LevelAggregator(
             self.aggregation,
             self.n_components,
