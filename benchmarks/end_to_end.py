@@ -144,7 +144,7 @@ def extraction_stages(root: Path, clips: int | None) -> dict:
 
     config = FeatureConfig()
     folders = sorted(p for p in (root / "training" / "frames").iterdir() if p.is_dir())
-    # time_stages holds every frame and flow field of its clips in memory, about
+    # time_stages keeps every frame and flow field of its clips in memory, about
     # 1 GB per 1,000 Ped2 frames, so it times at most four clips.
     folders = folders[: min(clips or 4, 4)]
     backbone = get_backbone(config.backbone, batch_size=config.batch_size)

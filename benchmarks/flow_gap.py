@@ -3,7 +3,7 @@
 For each gap the script measures, on every tenth frame of every third training
 clip, the median flow magnitude (px/frame) on foreground pixels and the 99th
 percentile on background pixels at least 4 px from any foreground. Their ratio
-says how far the motion of typical objects stands above the error of the flow.
+measures how far the motion of typical objects is above the error of the flow.
 No label is read, so the ratio may choose ``FeatureConfig.flow_gap``; the default
 of 4 came from this script on the UCSD Ped2 training clips.
 

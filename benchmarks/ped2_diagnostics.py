@@ -1,4 +1,4 @@
-"""How well each cached Ped2 feature group separates frames on its own.
+"""Frame AUC of each cached Ped2 feature group on its own.
 
 A diagnostic for docs/ped2.md, not a tuning tool: it reads the test labels, so
 nothing it prints may set a default. For each feature group of the main job's

@@ -209,7 +209,7 @@ class RunConfig:
         return self.mode_groups()
 
     def mode_groups(self) -> list[str]:
-        """Every group that the configured feature mode produces."""
+        """Return every group that the configured feature mode produces."""
         if self.features.get("mode", "object") == "frame":
             return ["appearance", "motion"]
         return ["velocity", "appearance", "geometry"]

@@ -28,7 +28,7 @@ def check_field_types(instance: Any, section: str = "") -> None:
 def check_value_type(name: str, value: Any, hint: Any) -> None:
     """Raise ValueError when ``value`` does not match the type hint ``hint``."""
     if not _matches(value, hint):
-        # For a list, the type of the list says nothing about the bad item.
+        # The type of a list does not show which of its items is wrong.
         found = (
             "" if isinstance(value, (list, tuple)) else f", not {type(value).__name__}"
         )
