@@ -137,6 +137,7 @@ class RunConfig:
         check_field_types(self.dataset, "dataset.")
         check_field_types(self.scoring, "scoring.")
         check_field_types(self)
+        # Every type is checked now, so the checks below are of values only.
         if self.scoring.scoring not in SCORINGS:
             raise ValueError(
                 f"Unknown scoring {self.scoring.scoring!r}; use one of "
@@ -151,7 +152,7 @@ class RunConfig:
                 f"pca_components={self.scoring.pca_components} must be >= 1 or null."
             )
         sigma = self.scoring.smoothing_sigma
-        if not isinstance(sigma, (int, float)) or not math.isfinite(sigma):
+        if not math.isfinite(sigma):
             raise ValueError(
                 f"smoothing_sigma={sigma!r} must be a finite number of frames."
             )
@@ -161,28 +162,18 @@ class RunConfig:
                 f"be; use at most {MAX_SMOOTHING}."
             )
         groups = self.scoring.groups
-        if groups is not None and (
-            not isinstance(groups, list)
-            or not groups
-            or not all(isinstance(g, str) for g in groups)
-        ):
+        if groups is not None and not groups:
             raise ValueError(
                 f"scoring.groups={groups!r} must be a non-empty list of feature group "
                 "names, or null for all groups of the feature mode."
             )
         for name in ("max_train_clips", "max_test_clips"):
             value = getattr(self.dataset, name)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
+            if value is not None and value < 1:
                 raise ValueError(
                     f"dataset.{name}={value!r} must be a positive integer or null."
                 )
-        if (
-            isinstance(self.seed, bool)
-            or not isinstance(self.seed, int)
-            or not 0 <= self.seed < 2**32
-        ):
+        if not 0 <= self.seed < 2**32:
             raise ValueError(f"seed={self.seed!r} must be an integer in [0, 2**32).")
         from mulde.features import FeatureConfig
 

@@ -31,6 +31,7 @@ from mulde.noise import (
     sample_log_uniform,
 )
 from mulde.score_matching import dsm_loss, multiscale_energies
+from mulde.validation import check_value_type
 
 logger = logging.getLogger(__name__)
 
@@ -331,20 +332,8 @@ class MULDE(OutlierMixin, BaseEstimator):
             value = getattr(self, name)
             if value is None or name == "random_state":
                 continue
-            if isinstance(default, bool):
-                expected, ok = "true or false", isinstance(value, (bool, np.bool_))
-            elif isinstance(default, (int, float)):
-                integral = isinstance(default, int)
-                expected = "an integer" if integral else "a number"
-                ok = isinstance(
-                    value, numbers.Integral if integral else numbers.Real
-                ) and not isinstance(value, (bool, np.bool_))
-            else:
-                continue
-            if not ok:
-                raise ValueError(
-                    f"{name}={value!r} must be {expected}, not {type(value).__name__}."
-                )
+            if isinstance(default, (bool, int, float)):
+                check_value_type(name, value, type(default), advice=None)
 
     def _seed(self) -> int:
         if self.random_state is None:

@@ -8,16 +8,21 @@ import types
 import typing
 from typing import Any
 
+import numpy as np
+
 __all__ = ["check_field_types", "check_value_type"]
+
+
+CONFIG_ADVICE = "fix it in the configuration file"
 
 
 def check_field_types(instance: Any, section: str = "") -> None:
     """Raise ValueError for a dataclass field whose value has the wrong type.
 
     Settings from a JSON file arrive as whatever the file holds, for example
-    ``"16"`` for a count; this check names the setting instead of letting a
+    ``"16"`` for a count. This check names the setting, instead of letting a
     comparison fail later with a TypeError. Integers pass where a float is
-    expected; booleans never pass as numbers.
+    expected, and booleans never pass as numbers.
     """
     hints = typing.get_type_hints(type(instance))
     for item in dataclasses.fields(instance):
@@ -25,17 +30,20 @@ def check_field_types(instance: Any, section: str = "") -> None:
         check_value_type(f"{section}{item.name}", value, hints[item.name])
 
 
-def check_value_type(name: str, value: Any, hint: Any) -> None:
-    """Raise ValueError when ``value`` does not match the type hint ``hint``."""
+def check_value_type(
+    name: str, value: Any, hint: Any, advice: str | None = CONFIG_ADVICE
+) -> None:
+    """Raise ValueError when ``value`` does not match the type hint ``hint``.
+
+    ``advice`` ends the message after a semicolon; None ends it after the types.
+    """
     if not _matches(value, hint):
         # The type of a list does not show which of its items is wrong.
         found = (
             "" if isinstance(value, (list, tuple)) else f", not {type(value).__name__}"
         )
-        raise ValueError(
-            f"{name}={value!r} must be {_describe(hint)}{found}; fix it in the "
-            "configuration file."
-        )
+        ending = f"; {advice}." if advice else "."
+        raise ValueError(f"{name}={value!r} must be {_describe(hint)}{found}{ending}")
 
 
 def _matches(value: Any, hint: Any) -> bool:
@@ -47,7 +55,7 @@ def _matches(value: Any, hint: Any) -> bool:
     if hint is Any:
         return True
     if hint is bool:
-        return isinstance(value, bool)
+        return isinstance(value, (bool, np.bool_))
     if hint is int:
         return isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if hint is float:
