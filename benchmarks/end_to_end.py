@@ -78,16 +78,13 @@ def frame_latency(run_dir: Path, test: dict, sigma_frames: float) -> dict:
 
     detector, arrays, config = load_run(run_dir)
     groups = RunConfig.from_dict(config).feature_groups()
-    train_scores = detector.decision_scores_
-    mean, spread = train_scores.mean(), train_scores.std() or 1.0
-    empty = (train_scores.min() - mean) / spread
     radius = int(np.ceil(3 * sigma_frames))
     weights = np.exp(-0.5 * (np.arange(radius + 1) / sigma_frames) ** 2)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         detector.decision_function(np.zeros((4, detector.n_features_in_), np.float32))
-        milliseconds = _time_frames(detector, arrays, groups, test, weights, empty)
+        milliseconds = _time_frames(detector, arrays, groups, test, weights)
     finally:
         torch.set_num_threads(threads)
     values = np.asarray(milliseconds)
@@ -100,13 +97,20 @@ def frame_latency(run_dir: Path, test: dict, sigma_frames: float) -> dict:
     }
 
 
-def _time_frames(detector, arrays, groups, test, weights, empty) -> list[float]:
+def _time_frames(detector, arrays, groups, test, weights) -> list[float]:
+    """Score each frame of ``test`` alone, as the pipeline does; return milliseconds.
+
+    Object scores are standardised by the training scores, and a frame without
+    objects takes the lowest training score, as in ``mulde.pipeline.score_clips``.
+    """
     train_scores = detector.decision_scores_
     mean, spread = train_scores.mean(), train_scores.std() or 1.0
+    empty = (train_scores.min() - mean) / spread
     radius = len(weights) - 1
     milliseconds = []
     for clip in test.values():
         history: list[float] = []
+        smoothed: list[float] = []
         rows_of = {}
         for frame in range(clip.n_frames):
             rows_of[frame] = np.flatnonzero(clip.frame_index == frame)
@@ -131,7 +135,7 @@ def _time_frames(detector, arrays, groups, test, weights, empty) -> list[float]:
             history.append(score)
             recent = np.asarray(history[-(radius + 1) :][::-1])
             used = weights[: len(recent)]
-            float(used @ recent / used.sum())
+            smoothed.append(float(used @ recent / used.sum()))
             milliseconds.append(1000 * (time.perf_counter() - start))
     return milliseconds
 

@@ -25,10 +25,9 @@ from sklearn.neighbors import NearestNeighbors
 
 def frame_max(clip, values: np.ndarray) -> np.ndarray:
     """Maximum of one value per object over each frame; 0 for empty frames."""
-    scores = np.full(clip.n_frames, -np.inf)
-    np.maximum.at(scores, clip.frame_index, values)
-    scores[np.isinf(scores)] = 0.0
-    return scores
+    from mulde.pipeline import _frame_max
+
+    return _frame_max(values, clip.frame_index, clip.n_frames, 0.0)
 
 
 def main(argv: list[str] | None = None) -> int:
