@@ -189,3 +189,10 @@ def test_merge_keeps_the_sets_of_other_studies(small_adbench, tmp_path):
     assert result["records"] == records
     assert result["complete"]
     assert "42_WBC" in result["summary"]["datasets"]
+
+
+def test_adbench_text_file_named_npz_rejected(tmp_path):
+    (tmp_path / "text.npz").write_text("not an archive")
+    with pytest.raises(ValueError, match=r"text\.npz is not a readable \.npz") as info:
+        load_adbench(tmp_path)
+    assert "pickle" not in str(info.value)

@@ -238,24 +238,28 @@ def load_adbench(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     sets = {}
     for path in sorted(folder.glob("*.npz")):
         try:
-            with np.load(path, allow_pickle=False) as data:
-                if "X" not in data or "y" not in data:
-                    raise ValueError(
-                        f"{path} has arrays {sorted(data.files)}; an ADBench file "
-                        "needs X (n x d features) and y (0 normal, 1 anomaly)."
-                    )
-                X, y = data["X"].astype(np.float64), data["y"].astype(int).ravel()
-        except ValueError as error:
-            if str(path) in str(error):
-                raise
+            archive = np.load(path, allow_pickle=False)
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
+            # numpy's own message for a non-archive suggests loading it with
+            # pickle, which must not be done with a file from elsewhere.
+            raise ValueError(
+                f"{path} is not a readable .npz file ({type(error).__name__}); "
+                "replace or remove it."
+            ) from None
+        try:
+            with archive as data:
+                names = sorted(data.files)
+                X = data["X"].astype(np.float64) if "X" in names else None
+                y = data["y"].astype(int).ravel() if "y" in names else None
+        except (ValueError, OSError, zipfile.BadZipFile) as error:
             raise ValueError(
                 f"{path} cannot be read as numeric X and y arrays ({error})."
             ) from None
-        except (OSError, EOFError, zipfile.BadZipFile) as error:
+        if X is None or y is None:
             raise ValueError(
-                f"{path} is not a readable .npz file ({type(error).__name__}: "
-                f"{error}); replace or remove it."
-            ) from None
+                f"{path} has arrays {names}; an ADBench file needs X (n x d "
+                "features) and y (0 normal, 1 anomaly)."
+            )
         if X.ndim == 2 and not np.isfinite(X).all():
             rows = int((~np.isfinite(X)).any(axis=1).sum())
             raise ValueError(
