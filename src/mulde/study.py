@@ -578,7 +578,7 @@ def summarise(records: list[dict], variants: list[Variant]) -> dict:
     return summary
 
 
-# The settings that make two studies comparable; the data paths and the number of
+# The settings that make two studies comparable. The data paths and the number of
 # data sets may differ between a study and the run that resumes it.
 PROTOCOL_KEYS = (
     "splits",
@@ -634,7 +634,7 @@ def run_study(
     With ``resume``, the data sets already in ``out/study.json`` are kept and
     skipped, provided that file was written with the same protocol. ``merge``
     names more study.json files of the same protocol, for example from studies
-    of other data sets run side by side; their data sets are kept and skipped
+    of other data sets run side by side. Their data sets are kept and skipped
     too.
     """
     from mulde.study_report import write_study_report

@@ -215,8 +215,8 @@ def iter_velocity(
     estimator : FlowEstimator
     gap : int
         Frames between the two images of each flow. Slow objects move only a
-        fraction of a pixel between consecutive frames, which is close to the
-        error of the flow; a longer gap measures their motion over more pixels.
+        fraction of a pixel between consecutive frames, close to the error of
+        the flow, so a longer gap measures their motion over more pixels.
 
     Yields
     ------
