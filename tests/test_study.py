@@ -196,3 +196,19 @@ def test_adbench_text_file_named_npz_rejected(tmp_path):
     with pytest.raises(ValueError, match=r"text\.npz is not a readable \.npz") as info:
         load_adbench(tmp_path)
     assert "pickle" not in str(info.value)
+
+
+def test_video_table_lists_frame_metrics():
+    from mulde.study_report import video_table
+
+    frame = {"auc": 0.7, "macro_auc": 0.6, "average_precision": 0.9}
+    records = [
+        {"dataset": "ped2", "variant": "sigma2", "full": frame},
+        {"dataset": "ped2", "variant": "sigma2", "full": dict(frame, auc=0.8)},
+        {"dataset": "42_WBC", "variant": "sigma2", "full": {"auc": 0.9}},
+    ]
+    table = video_table({"records": records})
+    assert "### ped2: frame metrics" in table
+    assert "| sigma2 | 0.7500 [" in table
+    assert "42_WBC" not in table
+    assert video_table({"records": records[2:]}) == ""

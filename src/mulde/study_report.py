@@ -190,8 +190,42 @@ def overview_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def video_table(result: dict) -> str:
+    """Micro AUC, macro AUC and AP per variant, for data sets scored per frame.
+
+    Returns "" when no record has a macro AUC, as for tabular data sets.
+    """
+    from mulde.study import interval
+
+    lines = []
+    for dataset in sorted({r["dataset"] for r in result["records"]}):
+        rows = [
+            r
+            for r in result["records"]
+            if r["dataset"] == dataset and "macro_auc" in r.get("full", {})
+        ]
+        if not rows:
+            continue
+        lines += [
+            f"### {dataset}: frame metrics on the full grid",
+            "",
+            "| variant | micro AUC | macro AUC | average precision |",
+            "| --- | --- | --- | --- |",
+        ]
+        for name in dict.fromkeys(r["variant"] for r in rows):
+            runs = [r["full"] for r in rows if r["variant"] == name]
+            cells = [
+                _fmt(interval([run[key] for run in runs]))
+                for key in ("auc", "macro_auc", "average_precision")
+            ]
+            lines.append(f"| {name} | {' | '.join(cells)} |")
+        lines.append("")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
 def markdown_tables(result: dict) -> str:
     lines = ["### Overview (AUC on the full grid)", "", overview_table(result)]
+    lines.append(video_table(result))
     for dataset, entry in result["summary"]["datasets"].items():
         lines += [
             f"### {dataset}",
