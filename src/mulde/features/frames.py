@@ -23,8 +23,8 @@ from contextlib import closing
 import cv2
 import numpy as np
 
-from mulde.features.backbone import Backbone, get_backbone
-from mulde.features.cache import ClipFeatures, FeatureConfig
+from mulde.features.backbone import Backbone
+from mulde.features.cache import ClipFeatures, FeatureConfig, build_backbone
 from mulde.features.flow import FlowEstimator, flow_statistics, flow_statistics_dim
 from mulde.features.objects import (
     FrameSource,
@@ -170,9 +170,7 @@ def extract_frame_features(
     """
     config = config or FeatureConfig(mode="frame")
     if backbone is None:
-        backbone = get_backbone(
-            config.backbone, device=config.device, batch_size=config.batch_size
-        )
+        backbone = build_backbone(config)
     items: Iterator = _iter_frames_and_motion(source, config)
     if config.threaded:
         items = prefetch(items, maxsize=2 * config.batch_size)

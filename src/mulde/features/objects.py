@@ -39,8 +39,8 @@ import cv2
 import numpy as np
 import torch
 
-from mulde.features.backbone import Backbone, get_backbone
-from mulde.features.cache import ClipFeatures, FeatureConfig
+from mulde.features.backbone import Backbone
+from mulde.features.cache import ClipFeatures, FeatureConfig, build_backbone
 from mulde.features.flow import FlowEstimator, box_flow_dim, box_flow_features
 from mulde.features.proposals import BackgroundSampler, ProposalExtractor
 
@@ -48,8 +48,10 @@ __all__ = [
     "GEOMETRY_DIM",
     "FrameSource",
     "box_geometry",
+    "checked_frames",
     "crop_boxes",
     "extract_object_features",
+    "fitted_proposer",
     "iter_velocity",
     "open_frames",
     "available_cpus",
@@ -331,42 +333,52 @@ class _FrameObjects:
     crops: np.ndarray  # uint8 (n, size, size, 3)
 
 
-def _sample_background(source: FrameSource, max_frames: int) -> list[np.ndarray]:
-    sampler = BackgroundSampler(max_frames)
+def fitted_proposer(source: FrameSource, config: FeatureConfig):
+    """Build the proposer of ``config`` and fit its background to the clip.
+
+    Returns None for a clip without frames. Proposal methods that learn a
+    background read the clip once here.
+    """
+    proposer = ProposalExtractor(config.proposals)
+    if config.proposals.needs_background:
+        sampler = BackgroundSampler(config.proposals.background_frames)
+        for rgb in open_frames(source):
+            sampler.add(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
+        if not sampler.frames:
+            return None
+        proposer.fit(sampler.frames)
+    return proposer
+
+
+def checked_frames(source: FrameSource) -> Iterator[np.ndarray]:
+    """Yield the frames of ``source``, checking that all are uint8 RGB of one size."""
+    frame_shape = None
     for rgb in open_frames(source):
-        sampler.add(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
-    return sampler.frames
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(
+                f"frames must be uint8 RGB (H, W, 3), got {rgb.dtype} {rgb.shape}"
+            )
+        if frame_shape is None:
+            frame_shape = rgb.shape
+        elif rgb.shape != frame_shape:
+            raise ValueError(f"frame size changed from {frame_shape} to {rgb.shape}")
+        yield rgb
 
 
 def _iter_frame_objects(
     source: FrameSource, config: FeatureConfig
 ) -> Iterator[_FrameObjects]:
     """Yield the objects of each frame, without appearance, in frame order."""
-    proposer = ProposalExtractor(config.proposals)
-    if config.proposals.needs_background:
-        samples = _sample_background(source, config.proposals.background_frames)
-        if not samples:
-            return
-        proposer.fit(samples)
+    proposer = fitted_proposer(source, config)
+    if proposer is None:
+        return
     estimator = FlowEstimator(config.flow_preset)
     # Boxes must be proposed in frame order, before frame 0's velocity is known,
     # because the "diff" and adaptive proposers keep state between frames.
     pending: list[tuple[np.ndarray, np.ndarray]] = []
-    frame_shape = None
 
     def grays() -> Iterator[np.ndarray]:
-        nonlocal frame_shape
-        for rgb in open_frames(source):
-            if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-                raise ValueError(
-                    f"frames must be uint8 RGB (H, W, 3), got {rgb.dtype} {rgb.shape}"
-                )
-            if frame_shape is None:
-                frame_shape = rgb.shape
-            elif rgb.shape != frame_shape:
-                raise ValueError(
-                    f"frame size changed from {frame_shape} to {rgb.shape}"
-                )
+        for rgb in checked_frames(source):
             gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
             boxes, mask = proposer.propose_with_mask(gray, rgb)
             pending.append((rgb, boxes, mask if config.flow_on_foreground else None))
@@ -402,7 +414,7 @@ def extract_object_features(
         background, the clip is read twice: once to sample background frames and
         once to extract.
     config : FeatureConfig, optional
-        Defaults to ``FeatureConfig()``.
+        Defaults to ``FeatureConfig(mode="object")``.
     backbone : Backbone, optional
         Built from ``config`` when omitted.
     on_frame : callable, optional
@@ -414,11 +426,9 @@ def extract_object_features(
         Groups "velocity" (n_obj, box_flow_dim), "appearance" (n_obj, backbone.dim)
         and "geometry" (n_obj, 5).
     """
-    config = config or FeatureConfig()
+    config = config or FeatureConfig(mode="object")
     if backbone is None:
-        backbone = get_backbone(
-            config.backbone, device=config.device, batch_size=config.batch_size
-        )
+        backbone = build_backbone(config)
     frames: Iterator[_FrameObjects] = _iter_frame_objects(source, config)
     if config.threaded:
         frames = prefetch(frames, maxsize=2 * config.batch_size)
