@@ -141,20 +141,21 @@ def _time_frames(detector, arrays, groups, test, weights) -> list[float]:
 
 
 def extraction_stages(root: Path, clips: int | None) -> dict:
-    from benchmarks.features_speed import time_stages
-    from mulde.features.backbone import get_backbone
-    from mulde.features.cache import FeatureConfig
+    from benchmarks.features_speed import time_grid_stages, time_stages
+    from mulde.config import RunConfig
+    from mulde.features.cache import FeatureConfig, build_backbone
     from mulde.features.objects import backbone_parallelism, torch_threads
 
-    config = FeatureConfig()
+    config = FeatureConfig.from_dict(RunConfig().features)
     folders = sorted(p for p in (root / "training" / "frames").iterdir() if p.is_dir())
     # time_stages keeps every frame and flow field of its clips in memory, about
     # 1 GB per 1,000 Ped2 frames, so it times at most four clips.
     folders = folders[: min(clips or 4, 4)]
-    backbone = get_backbone(config.backbone, batch_size=config.batch_size)
+    backbone = build_backbone(config)
     workers, threads = backbone_parallelism(config)
+    timer = time_grid_stages if config.mode == "grid" else time_stages
     with torch_threads(threads):
-        return time_stages(folders, config, backbone, workers)
+        return timer(folders, config, backbone, workers)
 
 
 def measure(root: Path, clips: int | None) -> dict:

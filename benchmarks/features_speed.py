@@ -1,5 +1,7 @@
 """Time object-centric feature extraction on real UCSD Ped2 clips.
 
+:func:`time_grid_stages` times the stages of the grid mode in the same way.
+
 Each stage runs on its own over the same frames (decode, background sampling,
 flow, proposals, crops and box features, backbone), then the full extraction runs
 end to end, with and without the background thread, ``--repeats`` times each.
@@ -30,6 +32,7 @@ import torch
 from mulde.features.backbone import get_backbone
 from mulde.features.cache import FeatureConfig
 from mulde.features.flow import FlowEstimator, box_flow_features
+from mulde.features.grid import cell_velocity, foreground_cells, sample_feature_map
 from mulde.features.objects import (
     backbone_parallelism,
     box_geometry,
@@ -100,14 +103,15 @@ def timed(label: str, n_frames: int, seconds: float, extra: str = "") -> None:
     print(f"{label:<30} {seconds:7.2f} s {rate:8.1f} frames/s {extra}")
 
 
-def time_stages(
-    clips: list[Path], config: FeatureConfig, backbone, workers: int
-) -> dict:
-    """Time each stage on its own; return the frame and box counts and seconds."""
+def time_shared_stages(clips: list[Path], config: FeatureConfig) -> dict:
+    """Time decoding, background fitting and flow, the stages of every mode.
+
+    Returns the decoded frames, gray frames, fitted proposers and velocity fields
+    per clip, the frame count and the seconds of each stage.
+    """
     start = time.perf_counter()
     frames = {clip: list(iter_frames(clip)) for clip in clips}
     decode = time.perf_counter() - start
-    n_frames = sum(len(clip_frames) for clip_frames in frames.values())
     grays = {
         clip: [cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) for rgb in frames[clip]]
         for clip in clips
@@ -124,13 +128,6 @@ def time_stages(
     background = time.perf_counter() - start
 
     start = time.perf_counter()
-    boxes = {
-        clip: [proposers[clip].propose(gray) for gray in grays[clip]] for clip in clips
-    }
-    proposals = time.perf_counter() - start
-    n_boxes = sum(len(frame_boxes) for clip in clips for frame_boxes in boxes[clip])
-
-    start = time.perf_counter()
     velocity = {}
     for clip in clips:
         estimator = FlowEstimator(config.flow_preset)
@@ -138,6 +135,31 @@ def time_stages(
             field for _, field in iter_velocity(grays[clip], estimator, config.flow_gap)
         ]
     flow = time.perf_counter() - start
+    return {
+        "frames": frames,
+        "grays": grays,
+        "proposers": proposers,
+        "velocity": velocity,
+        "n_frames": sum(len(clip_frames) for clip_frames in frames.values()),
+        "seconds": {"decode": decode, "background": background, "flow": flow},
+    }
+
+
+def time_stages(
+    clips: list[Path], config: FeatureConfig, backbone, workers: int
+) -> dict:
+    """Time each object-mode stage on its own; return counts and seconds."""
+    shared = time_shared_stages(clips, config)
+    frames, grays, velocity = shared["frames"], shared["grays"], shared["velocity"]
+    proposers, n_frames = shared["proposers"], shared["n_frames"]
+    decode, background, flow = shared["seconds"].values()
+
+    start = time.perf_counter()
+    boxes = {
+        clip: [proposers[clip].propose(gray) for gray in grays[clip]] for clip in clips
+    }
+    proposals = time.perf_counter() - start
+    n_boxes = sum(len(frame_boxes) for clip in clips for frame_boxes in boxes[clip])
 
     start = time.perf_counter()
     crops = []
@@ -182,6 +204,7 @@ def time_stages(
     stage_sum = 2 * decode + background + proposals + flow + box_features + cnn
     timed("sum of stages", n_frames, stage_sum)
     return {
+        "mode": "object",
         "frames": n_frames,
         "boxes": n_boxes,
         "seconds": {
@@ -192,6 +215,80 @@ def time_stages(
             "box_features_and_crops": box_features,
             "backbone": cnn,
             # Background sampling decodes every frame once more.
+            "sum": stage_sum,
+        },
+    }
+
+
+def time_grid_stages(
+    clips: list[Path], config: FeatureConfig, backbone, workers: int
+) -> dict:
+    """Time each grid-mode stage on its own; return counts and seconds."""
+    shared = time_shared_stages(clips, config)
+    frames, grays, velocity = shared["frames"], shared["grays"], shared["velocity"]
+    proposers, n_frames = shared["proposers"], shared["n_frames"]
+    decode, background, flow = shared["seconds"].values()
+
+    start = time.perf_counter()
+    masks = {
+        clip: [proposers[clip].foreground(gray) for gray in grays[clip]]
+        for clip in clips
+    }
+    foreground = time.perf_counter() - start
+
+    start = time.perf_counter()
+    centres = []
+    for clip in clips:
+        for mask, field in zip(masks[clip], velocity[clip], strict=True):
+            rows, columns = foreground_cells(
+                mask, config.grid_cell, config.grid_min_foreground
+            )
+            cell_velocity(field, mask, rows, columns, config.grid_cell)
+            centres.append((np.stack([rows, columns], axis=1) + 0.5) * config.grid_cell)
+    cells = time.perf_counter() - start
+    n_cells = sum(len(frame_centres) for frame_centres in centres)
+
+    all_frames = [rgb for clip in clips for rgb in frames[clip]]
+    batches = [
+        (all_frames[i : i + config.batch_size], centres[i : i + config.batch_size])
+        for i in range(0, len(all_frames), config.batch_size)
+    ]
+
+    def embed(batch) -> None:
+        images, batch_centres = batch
+        maps = backbone.feature_map(np.stack(images))
+        for feature_map, points in zip(maps, batch_centres, strict=True):
+            sample_feature_map(feature_map, points, images[0].shape[:2])
+
+    embed(batches[0])  # warm-up
+    start = time.perf_counter()
+    for _ in ordered_map(embed, batches, workers):
+        pass
+    cnn = time.perf_counter() - start
+
+    print(f"frames: {n_frames}, cells: {n_cells} ({n_cells / n_frames:.1f} per frame)")
+    timed("decode (iter_frames)", n_frames, decode)
+    timed(
+        "background median", n_frames, background, "(the sampling pass decodes again)"
+    )
+    timed("foreground masks", n_frames, foreground)
+    timed(f"flow (DIS {config.flow_preset})", n_frames, flow)
+    timed("cell speeds", n_frames, cells)
+    timed(f"backbone (whole frames, {backbone.compute_dtype})", n_frames, cnn)
+    stage_sum = 2 * decode + background + foreground + flow + cells + cnn
+    timed("sum of stages", n_frames, stage_sum)
+    return {
+        "mode": "grid",
+        "frames": n_frames,
+        "cells": n_cells,
+        "compute_dtype": str(backbone.compute_dtype).removeprefix("torch."),
+        "seconds": {
+            "decode": decode,
+            "background": background,
+            "foreground": foreground,
+            "flow": flow,
+            "cell_speeds": cells,
+            "backbone": cnn,
             "sum": stage_sum,
         },
     }

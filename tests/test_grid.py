@@ -177,3 +177,23 @@ def test_feature_config_rejects_bad_grid_values():
         FeatureConfig(grid_min_foreground=1.5)
     with pytest.raises(ValueError, match="precision"):
         FeatureConfig(precision="fp8")
+
+
+@pytest.mark.parametrize("shape, cell", [((240, 360), 20), ((97, 131), 16)])
+def test_cell_velocity_matches_numpy_percentile(shape, cell):
+    rng = np.random.default_rng(3)
+    velocity = rng.normal(size=(*shape, 2)).astype(np.float32)
+    mask = (rng.random(shape) < 0.3).astype(np.uint8)
+    rows, columns = foreground_cells(mask, cell, 0.1)
+
+    features = cell_velocity(velocity, mask, rows, columns, cell)
+
+    magnitude = np.hypot(velocity[..., 0], velocity[..., 1])
+    assert len(rows) > 10
+    for index, (row, column) in enumerate(zip(rows, columns, strict=True)):
+        block = np.s_[
+            row * cell : (row + 1) * cell, column * cell : (column + 1) * cell
+        ]
+        speeds = magnitude[block][mask[block] > 0]
+        assert features[index, 0] == pytest.approx(speeds.mean(), rel=1e-5)
+        assert features[index, 1] == pytest.approx(np.percentile(speeds, 90), rel=1e-5)

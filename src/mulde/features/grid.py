@@ -114,14 +114,29 @@ def cell_velocity(
     features = np.zeros((len(rows), GRID_VELOCITY_DIM), dtype=np.float32)
     if len(rows) == 0:
         return features
-    magnitude = np.hypot(velocity[..., 0], velocity[..., 1])
-    for index, (row, column) in enumerate(zip(rows, columns, strict=True)):
-        window = np.s_[
-            row * cell : (row + 1) * cell, column * cell : (column + 1) * cell
-        ]
-        speeds = magnitude[window][mask[window] > 0]
-        features[index, 0] = speeds.mean()
-        features[index, 1] = np.percentile(speeds, _SPEED_PERCENTILE)
+    height, width = mask.shape
+    n_rows, n_columns = -(-height // cell), -(-width // cell)
+    magnitude = np.zeros((n_rows * cell, n_columns * cell), dtype=np.float32)
+    magnitude[:height, :width] = np.hypot(velocity[..., 0], velocity[..., 1])
+    inside = np.zeros(magnitude.shape, dtype=bool)
+    inside[:height, :width] = mask > 0
+    # (n_rows * cell, n_columns * cell) -> the pixels of the chosen cells, (n, cell^2).
+    blocks = magnitude.reshape(n_rows, cell, n_columns, cell).transpose(0, 2, 1, 3)
+    speeds = blocks[rows, columns].reshape(len(rows), -1)
+    chosen = inside.reshape(n_rows, cell, n_columns, cell).transpose(0, 2, 1, 3)
+    chosen = chosen[rows, columns].reshape(len(rows), -1)
+    counts = chosen.sum(axis=1)
+    features[:, 0] = np.where(chosen, speeds, 0.0).sum(axis=1) / counts
+
+    # The percentile of each cell's foreground speeds, interpolated linearly as
+    # numpy.percentile does. Background pixels sort to the end as +inf.
+    ordered = np.sort(np.where(chosen, speeds, np.inf), axis=1)
+    position = (counts - 1) * (_SPEED_PERCENTILE / 100.0)
+    lower = np.floor(position).astype(np.int64)
+    upper = np.minimum(lower + 1, counts - 1)
+    index = np.arange(len(rows))
+    low_value, high_value = ordered[index, lower], ordered[index, upper]
+    features[:, 1] = low_value + (high_value - low_value) * (position - lower)
     return features
 
 
