@@ -9,7 +9,7 @@ import torch
 from conftest import PED2
 
 from mulde.features.backbone import get_backbone
-from mulde.features.cache import FeatureConfig, cache_folder
+from mulde.features.cache import FeatureConfig, build_backbone, cache_folder
 from mulde.features.grid import (
     cell_velocity,
     extract_grid_features,
@@ -168,6 +168,13 @@ def test_precision_is_part_of_cache_key():
     assert fp32.compute_dtype() == torch.float32
     assert bf16.compute_dtype() == torch.bfloat16
     assert cache_folder("c", fp32) != cache_folder("c", bf16)
+
+
+def test_auto_precision_keeps_object_crops_float32():
+    auto_object = FeatureConfig(mode="object", precision="auto")
+
+    assert auto_object.compute_dtype() == torch.float32
+    assert build_backbone(auto_object).compute_dtype == torch.float32
 
 
 def test_feature_config_rejects_bad_grid_values():

