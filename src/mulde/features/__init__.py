@@ -1,4 +1,4 @@
-"""Object-centric and frame-centric video features with a per-clip cache.
+"""Grid-cell, object-centric and frame-centric video features with a per-clip cache.
 
 :func:`extract_dataset` is the entry point: it extracts the features of every
 clip of a :class:`~mulde.video.clips.VideoDataset` as :class:`ClipFeatures`
@@ -19,6 +19,7 @@ from mulde.features.cache import (
     extract_dataset,
 )
 from mulde.features.frames import extract_frame_features
+from mulde.features.grid import extract_grid_features
 from mulde.features.objects import extract_object_features
 from mulde.features.proposals import ProposalConfig
 
@@ -30,6 +31,7 @@ __all__ = [
     "ProposalConfig",
     "extract_dataset",
     "extract_frame_features",
+    "extract_grid_features",
     "extract_object_features",
     "get_backbone",
     "list_backbones",
