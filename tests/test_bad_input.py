@@ -237,3 +237,100 @@ def test_cache_folder_that_is_a_file_named(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(ValueError, match="Cannot write the feature cache folder"):
         _check_cache_folder(blocker)
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"features": {"grid_cell": 100_000}}, "grid_cell must be between 4 and 512"),
+        ({"features": {"grid_cell": 2}}, "grid_cell must be between 4 and 512"),
+        ({"features": {"device": "cuda:7"}}, "features.device: device='cuda:7'"),
+        ({"features": {"device": "tpu"}}, "features.device: Invalid device 'tpu'"),
+        ({"features": None}, "features section must be a JSON object"),
+        ({"features": 5}, "features section must be a JSON object"),
+        ({"features": [1, 2]}, "features section must be a JSON object"),
+        ({"features": "grid"}, "features section must be a JSON object"),
+        ({"features": {"magnitude_edges": 5}}, r"magnitude_edges=5 must be a list"),
+        (
+            {"features": {"proposals": {"threshold": -5}}},
+            "proposals.threshold must be positive, got -5",
+        ),
+        (
+            {"scoring": {"groups": ["velocity", "velocity"]}},
+            "names a group more than once",
+        ),
+    ],
+)
+def test_feature_settings_checked_before_work(section, message):
+    with pytest.raises(ValueError, match=message):
+        RunConfig.from_dict(section)
+
+
+def test_no_training_rows_named_before_pca():
+    from mulde.features.cache import ClipFeatures
+    from mulde.pipeline import fit_models
+
+    empty = ClipFeatures(
+        n_frames=3,
+        frame_index=np.zeros(0, dtype=np.int64),
+        boxes=np.zeros((0, 4), dtype=np.float32),
+        groups={
+            "velocity": np.zeros((0, 2), np.float32),
+            "appearance": np.zeros((0, 1280), np.float32),
+            "geometry": np.zeros((0, 2), np.float32),
+        },
+    )
+
+    with pytest.raises(ValueError, match="Only 0 training rows .* 2 training clips"):
+        fit_models({"01": empty, "02": empty}, RunConfig())
+
+
+def test_frames_too_small_for_flow_name_the_clip(tmp_path):
+    import cv2
+
+    from mulde.features.cache import FeatureConfig, extract_dataset
+    from mulde.video.clips import Clip, VideoDataset
+
+    folder = tmp_path / "train" / "01"
+    folder.mkdir(parents=True)
+    for index in range(4):
+        cv2.imwrite(str(folder / f"{index:03d}.png"), np.full((8, 8, 3), index * 40))
+    clip = Clip(name="01", source=folder)
+    dataset = VideoDataset("tiny", tmp_path, train=[clip], test=[])
+
+    with pytest.raises(ValueError, match=r"train clip 01 .* 8 x 8 pixels are too"):
+        extract_dataset(
+            dataset, FeatureConfig(precision="float32"), tmp_path / "cache", False
+        )
+
+
+def test_corrupt_npz_labels_rejected(tmp_path):
+    from mulde.video.labels import LabelError, load_pixel_mask_labels
+
+    path = tmp_path / "labels.npz"
+    path.write_bytes(b"PK\x03\x04garbage")
+
+    with pytest.raises(LabelError, match=r"labels\.npz as an \.npz archive"):
+        load_pixel_mask_labels(path)
+
+
+def test_truncated_mat_labels_rejected(tmp_path):
+    import scipy.io
+
+    from mulde.video.labels import LabelError, load_mat_labels
+
+    path = tmp_path / "1_label.mat"
+    scipy.io.savemat(path, {"volLabel": np.zeros((1, 3), dtype=object)})
+    path.write_bytes(path.read_bytes()[:150])
+
+    with pytest.raises(LabelError, match=r"Cannot read MATLAB file .*1_label\.mat"):
+        load_mat_labels(path)
+
+
+def test_manifest_with_wrong_clip_entries_ignored(tmp_path):
+    from mulde.features.cache import _read_manifest
+
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps({"clips": {"train": "oops", "test": {}}}))
+
+    assert _read_manifest(path) is None

@@ -533,11 +533,13 @@ def test_torch_threads_restores_setting():
     assert torch.get_num_threads() == previous
 
 
-def test_backbone_parallelism_defaults():
+def test_backbone_parallelism_defaults(monkeypatch):
     workers, threads = backbone_parallelism(FeatureConfig())
 
     assert workers >= 1
     assert threads == 1
+    # The configuration checks that CUDA is present, which it need not be here.
+    monkeypatch.setattr(feature_cache, "resolve_device", lambda device: device)
     assert backbone_parallelism(FeatureConfig(device="cuda")) == (1, None)
     explicit = FeatureConfig(backbone_workers=3, torch_threads=2)
     assert backbone_parallelism(explicit) == (3, 2)
@@ -604,7 +606,7 @@ def test_feature_config_hash_ignores_runtime_fields():
     # With "auto" precision the device would change the resolved dtype, which is
     # part of the hash.
     base = FeatureConfig(precision="float32")
-    other_runtime = FeatureConfig(batch_size=7, device="cuda", precision="float32")
+    other_runtime = FeatureConfig(batch_size=7, device="cpu:0", precision="float32")
 
     assert other_runtime.config_hash() == base.config_hash()
     assert FeatureConfig(crop_size=96).config_hash() != base.config_hash()

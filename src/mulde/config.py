@@ -102,6 +102,11 @@ class RunConfig:
                     value
                 )
             elif key == "features":
+                if not isinstance(value, dict):
+                    raise ValueError(
+                        f"The features section must be a JSON object such as "
+                        f'{{"mode": "grid"}}, not {value!r}.'
+                    )
                 config.features = dict(value)
             else:
                 setattr(config, key, value)
@@ -166,6 +171,11 @@ class RunConfig:
             raise ValueError(
                 f"scoring.groups={groups!r} must be a non-empty list of feature group "
                 "names, or null for all groups of the feature mode."
+            )
+        if groups is not None and len(set(groups)) != len(groups):
+            raise ValueError(
+                f"scoring.groups={groups!r} names a group more than once; list each "
+                "group once."
             )
         for name in ("max_train_clips", "max_test_clips"):
             value = getattr(self.dataset, name)

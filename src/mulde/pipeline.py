@@ -103,6 +103,15 @@ def fit_models(train: dict, config: RunConfig) -> list[GroupModel]:
     else:
         partitions = [[g] for g in groups_to_score]
 
+    n_rows = sum(clip.n_rows for clip in train.values())
+    if n_rows < 2:
+        raise ValueError(
+            f"Only {n_rows} training rows were extracted from "
+            f"{len(train)} training clips; the feature mode "
+            f"{config.features.get('mode', 'grid')!r} found almost no moving "
+            "objects. Check that the training clips show motion, and lower "
+            "features.proposals.threshold or features.grid_min_foreground."
+        )
     models = []
     for groups in partitions:
         pcas = [
@@ -482,13 +491,16 @@ def _environment(detector: MULDE) -> dict:
 def _save_pca(path: Path, model: GroupModel) -> None:
     from safetensors.numpy import save_file
 
+    from mulde.persistence import atomic_write
+
     arrays = {}
     for group, pca in zip(model.groups, model.pca, strict=True):
         if pca is not None:
             arrays[f"{group}.mean"] = pca.mean_
             arrays[f"{group}.components"] = pca.components_
     if arrays:
-        save_file(arrays, str(path), metadata={"groups": json.dumps(model.groups)})
+        metadata = {"groups": json.dumps(model.groups)}
+        atomic_write(path, lambda target: save_file(arrays, str(target), metadata))
 
 
 def _publish(staging: Path, out: Path) -> None:

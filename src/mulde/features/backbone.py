@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from mulde.network import autocast, resolve_precision
+from mulde.network import autocast, resolve_device, resolve_precision
 
 __all__ = [
     "Backbone",
@@ -69,7 +69,7 @@ class Backbone(ABC):
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.batch_size = int(batch_size)
         self.compute_dtype = resolve_precision(precision, self.device)
 

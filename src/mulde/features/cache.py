@@ -29,7 +29,7 @@ import torch
 from mulde.features.backbone import Backbone, get_backbone
 from mulde.features.flow import DEFAULT_MAGNITUDE_EDGES, FLOW_PRESETS
 from mulde.features.proposals import ProposalConfig
-from mulde.network import resolve_precision
+from mulde.network import resolve_device, resolve_precision
 from mulde.validation import check_field_types
 from mulde.video.clips import Clip, VideoDataset
 
@@ -59,6 +59,9 @@ GRID_GROUPS = OBJECT_GROUPS
 FRAME_GROUPS = ("appearance", "motion")
 WINDOW_MODES = ("centered", "causal")
 PRECISIONS = ("auto", "float32", "bfloat16")
+# Cells smaller than 4 px hold too few pixels for a speed percentile and give
+# hundreds of rows per frame; a cell beyond 512 px is larger than most frames.
+MIN_GRID_CELL, MAX_GRID_CELL = 4, 512
 FRAME_POOLINGS = ("meanmax", "grid2")
 MANIFEST_NAME = "manifest.json"
 # FeatureConfig fields that change speed but not the features, left out of the hash.
@@ -310,12 +313,21 @@ class FeatureConfig:
             "flow_gap",
             "window",
             "batch_size",
-            "grid_cell",
         ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(
                     f"{name} must be at least 1, got {getattr(self, name)}"
                 )
+        if not MIN_GRID_CELL <= self.grid_cell <= MAX_GRID_CELL:
+            raise ValueError(
+                f"features.grid_cell must be between {MIN_GRID_CELL} and "
+                f"{MAX_GRID_CELL} pixels, got {self.grid_cell}; choose about half "
+                "the height in pixels of the objects to watch"
+            )
+        try:
+            resolve_device(self.device)
+        except ValueError as error:
+            raise ValueError(f"features.device: {error}") from error
         if self.crop_context < 0:
             raise ValueError(
                 f"crop_context must be non-negative, got {self.crop_context}"
@@ -359,7 +371,13 @@ class FeatureConfig:
         if isinstance(values.get("proposals"), dict):
             values["proposals"] = ProposalConfig.from_dict(values["proposals"])
         if "magnitude_edges" in values:
-            values["magnitude_edges"] = tuple(values["magnitude_edges"])
+            edges = values["magnitude_edges"]
+            if not isinstance(edges, (list, tuple)):
+                raise ValueError(
+                    f"features.magnitude_edges={edges!r} must be a list of numbers "
+                    "such as [0.5, 1.0, 2.0]"
+                )
+            values["magnitude_edges"] = tuple(edges)
         return cls(**values)
 
     def config_hash(self) -> str:
@@ -598,9 +616,15 @@ def _extract_split(
         disable=True if not verbose or not pending else None,
     ) as progress:
         for clip, signature in pending:
-            clip_features = extract_clip(
-                clip, config, backbone, on_frame=lambda: progress.update(1)
-            )
+            try:
+                clip_features = extract_clip(
+                    clip, config, backbone, on_frame=lambda: progress.update(1)
+                )
+            except ValueError as error:
+                raise ValueError(
+                    f"Feature extraction failed on {split} clip {clip.name} "
+                    f"({clip.source}): {error}"
+                ) from error
             relative = f"{split}/{clip.name}.npz"
             save_clip_features(clip_features, folder / relative)
             entries[clip.name] = dict(
@@ -693,7 +717,13 @@ def _read_manifest(path: Path) -> dict | None:
             "invalid manifest %s (%s); extracting all clips again", path, error
         )
         return None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("clips"), dict):
+    clips = manifest.get("clips") if isinstance(manifest, dict) else None
+    valid = isinstance(clips, dict) and all(
+        isinstance(entries, dict)
+        and all(isinstance(entry, dict) for entry in entries.values())
+        for entries in clips.values()
+    )
+    if not valid:
         logger.warning("invalid manifest %s; extracting all clips again", path)
         return None
     return manifest

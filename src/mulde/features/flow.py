@@ -33,6 +33,8 @@ FLOW_PRESETS = {
 DEFAULT_MAGNITUDE_EDGES = (0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 4.0)
 
 DEFAULT_PERCENTILES = (50.0, 90.0, 99.0)
+# OpenCV's DIS flow raises on smaller images (OpenCV 4.x, dis_flow.cpp).
+MIN_FLOW_SIDE = 12
 
 
 class FlowEstimator:
@@ -91,6 +93,12 @@ class FlowEstimator:
             raise ValueError(
                 f"flow needs two grayscale frames of equal shape, got {source.shape} "
                 f"and {target.shape}"
+            )
+        if min(source.shape) < MIN_FLOW_SIDE:
+            height, width = source.shape
+            raise ValueError(
+                f"frames of {width} x {height} pixels are too small for optical "
+                f"flow; each side needs at least {MIN_FLOW_SIDE} pixels"
             )
         return self._dis.calc(source, target, None)
 

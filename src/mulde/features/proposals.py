@@ -102,6 +102,13 @@ class ProposalConfig:
                 f"unknown proposal method {self.method!r}; valid methods: "
                 f"{', '.join(PROPOSAL_METHODS)}"
             )
+        if not self.threshold > 0:
+            raise ValueError(
+                f"features.proposals.threshold must be positive, got "
+                f"{self.threshold}; with the median and diff methods it is the "
+                "grey-level difference (0 to 255) above which a pixel counts as "
+                "foreground"
+            )
         if self.background_frames < 1:
             raise ValueError(
                 f"background_frames must be at least 1, got {self.background_frames}"

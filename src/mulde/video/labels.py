@@ -11,6 +11,7 @@ import io
 import logging
 import os
 import re
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -188,7 +189,7 @@ def load_mat_labels(path: str | os.PathLike[str]) -> np.ndarray:
             f"{path} is a MATLAB v7.3 (HDF5) file, which scipy.io.loadmat cannot "
             "read. Save it again in MATLAB with the '-v7' option."
         ) from error
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, scipy.io.matlab.MatReadError) as error:
         raise LabelError(f"Cannot read MATLAB file {path}: {error}") from error
 
     if "volLabel" not in contents:
@@ -509,7 +510,7 @@ def _open_npz(path: Path):
         return np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
         raise LabelError(f"Cannot read {path} as an .npz archive: {error}") from error
 
 
