@@ -38,6 +38,7 @@ import torch
 
 from benchmarks import baseline, end_to_end
 from mulde.aggregate import LevelAggregator
+from mulde.detector import make_adam
 from mulde.network import (
     EnergyMLP,
     autocast,
@@ -344,7 +345,7 @@ def build_train(config, implementation, device, dtype):
 
     cls = AutogradOnlyMLP if implementation == "mulde_autograd" else EnergyMLP
     net = build_net(config, device, cls).train()
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4, betas=(0.5, 0.9))
+    optimizer = make_adam(net.parameters(), 1e-4)
     cpu_gen = torch.Generator().manual_seed(2)
     noise_gen = torch.Generator(device=device).manual_seed(3)
     loss = dsm_loss

@@ -104,8 +104,14 @@ def test_multiscale_score_norms(fitted, planted):
     assert energies.shape == (7, 16)
     assert norms.shape == (7, 16)
     assert np.all(norms >= 0)
-    # The energies path without gradients gives the same values.
-    assert np.allclose(energies, fitted.multiscale_scores(planted[1][:7]), atol=1e-5)
+    # The energies path without gradients gives the same values. In bfloat16 they
+    # may differ by one rounding step, because that path rounds after the fused
+    # GELU of each hidden layer and the gradient path before it.
+    if fitted.compute_dtype_ == torch.bfloat16:
+        tolerance = {"rtol": 2**-7, "atol": 2**-7}
+    else:
+        tolerance = {"atol": 1e-5}
+    assert np.allclose(energies, fitted.multiscale_scores(planted[1][:7]), **tolerance)
 
 
 def test_same_seed_same_scores(planted):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mulde.network import EnergyMLP
+from mulde.network import EnergyMLP, GeluBackward, fused_linear_gelu_available
 from mulde.score_matching import dsm_loss, multiscale_energies
 
 LEVELS = torch.linspace(1e-3, 1.0, 16)
@@ -137,8 +137,60 @@ def test_bfloat16_autocast_fast_paths_close_to_float32():
     assert all(torch.isfinite(p.grad).all() for p in net.parameters())
 
 
+def test_gelu_backward_derivatives_match_aten():
+    data = torch.Generator().manual_seed(8)
+    grad = torch.randn(6, 5, dtype=torch.float64, generator=data).requires_grad_()
+    z = (3 * torch.randn(6, 5, dtype=torch.float64, generator=data)).requires_grad_()
+    assert torch.autograd.gradcheck(GeluBackward.apply, (grad, z))
+
+    output_grad = torch.randn(6, 5, dtype=torch.float64, generator=data)
+    ours = torch.autograd.grad(GeluBackward.apply(grad, z), (grad, z), output_grad)
+    aten = torch.autograd.grad(
+        torch.ops.aten.gelu_backward(grad, z), (grad, z), output_grad
+    )
+    assert torch.allclose(ours[0], aten[0], rtol=1e-12)
+    assert torch.allclose(ours[1], aten[1], rtol=1e-12, atol=1e-15)
+
+
+def test_bfloat16_inference_weights_follow_updates():
+    net = make_net(4)
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(9))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        before, _ = multiscale_energies(net, x, LEVELS)
+    linear = net.layers[-1]
+    cached_weight, _ = net.inference_weights(linear, torch.bfloat16)
+    assert cached_weight.dtype == torch.bfloat16
+    assert net.inference_weights(linear, torch.bfloat16)[0] is cached_weight
+
+    with torch.no_grad():
+        linear.bias.add_(1.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        after, _ = multiscale_energies(net, x, LEVELS)
+    # bfloat16 rounds the energies near 1 to steps of 2**-7.
+    assert torch.allclose(after - before, torch.ones_like(before), atol=0.02)
+    assert net.inference_weights(linear, torch.bfloat16)[1].item() == pytest.approx(
+        linear.bias.item(), abs=0.01
+    )
+
+
+@pytest.mark.skipif(
+    not fused_linear_gelu_available(torch.device("cpu")),
+    reason="oneDNN linear with GELU is not available in this torch build",
+)
+def test_fused_linear_gelu_matches_separate_ops():
+    net = make_net(3)
+    hidden = torch.randn(40, 64, generator=torch.Generator().manual_seed(10))
+    linear, activation = net.layers[2], net.layers[3]
+    expected = activation(linear(hidden))
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = net.inference_linear(linear, hidden, activation)
+    assert fused.dtype == torch.bfloat16
+    assert torch.allclose(fused.float(), expected, atol=0.03, rtol=0.02)
+
+
 @pytest.mark.parametrize(
-    "module", ["detector_speed", "end_to_end", "features_speed", "flow_gap"]
+    "module",
+    ["detector_speed", "end_to_end", "features_speed", "flow_gap", "precision_auc"],
 )
 def test_benchmark_modules_import(module):
     # The benchmarks run outside the test suite; importing them here catches
