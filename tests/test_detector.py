@@ -200,7 +200,10 @@ def test_mixture_fit_on_collinear_cardio_levels(cardio_split):
 
 def test_naive_mixture_on_collinear_levels_is_ill_conditioned(cardio_split):
     X_fit, _, _ = cardio_split
-    detector = MULDE(**(SMALL | {"epochs": 20})).fit(X_fit)
+    # float32: bfloat16 rounding adds noise to the levels that makes them less
+    # collinear, which is not what this test is about.
+    params = SMALL | {"epochs": 20, "precision": "float32"}
+    detector = MULDE(**params).fit(X_fit)
     levels = detector.multiscale_scores(X_fit)
     naive = GaussianMixture(covariance_type="full", reg_covar=0.0, random_state=0)
     try:
