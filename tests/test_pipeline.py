@@ -220,3 +220,18 @@ def test_training_on_the_test_clips_rejected(generic, tmp_path, capsys):
     assert main(args + ["--cache-dir", str(tmp_path / "cache")] + REDUCED) == 2
     assert "both training and test clips" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_dry_run_prints_every_feature_setting(capsys):
+    from mulde.cli import main
+
+    code = main(["run", "--root", "x", "--out", "o", "--dry-run"])
+
+    printed = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert printed["features"]["mode"] == "grid"
+    assert printed["features"]["grid_cell"] == 20
+    assert printed["features"]["proposals"]["threshold"] == 20.0
+    assert printed["scoring"]["groups"] == ["velocity", "appearance", "geometry"]
+    # The printed configuration is a valid --config file.
+    assert RunConfig.from_dict(printed).features == printed["features"]

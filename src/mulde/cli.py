@@ -238,6 +238,7 @@ def _run(args: argparse.Namespace) -> int:
 
     config = resolve_run_config(args)
     if args.dry_run:
+        config.resolve_defaults()
         print(json.dumps(config.to_dict(), indent=2))
         return 0
     # The string, not Path(args.out): Path('') is '.', which hides an empty --out.

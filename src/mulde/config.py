@@ -203,6 +203,17 @@ class RunConfig:
         # Check the detector settings now, before hours of feature extraction.
         MULDE(**options, random_state=self.seed)._check_params()
 
+    def resolve_defaults(self) -> None:
+        """Write out every feature setting and the scored groups, defaults included.
+
+        config.json and ``--dry-run`` then show what a run uses, and a saved
+        configuration reruns the same features even if defaults change.
+        """
+        from mulde.features import FeatureConfig
+
+        self.features = FeatureConfig.from_dict(self.features).to_dict()
+        self.scoring.groups = self.feature_groups()
+
     def feature_groups(self) -> list[str]:
         """The groups to score: as configured, or all groups of the feature mode."""
         if self.scoring.groups is not None:

@@ -283,6 +283,7 @@ def run(config: RunConfig, out: Path) -> dict:
     from mulde.video import load_dataset
 
     config.validate()
+    config.resolve_defaults()
     out = check_output_folder(out)
     timer = Timer()
 

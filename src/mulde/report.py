@@ -67,7 +67,10 @@ def plot_clips(path: Path, raw: dict, smoothed: dict, labels: dict) -> None:
     for ax in list(axes.flat)[len(clips) :]:
         ax.axis("off")
     figure.supxlabel("frame")
-    figure.supylabel("anomaly score (grey raw, blue smoothed; red = anomalous)")
+    figure.supylabel(
+        "anomaly score, own scale per clip\n(grey raw, blue smoothed; "
+        "shaded = anomalous frames)"
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -160,8 +163,9 @@ in the configuration.</p>
 <p>Micro AUC: one ROC curve over all test frames pooled. Macro AUC: the mean of
 the per-clip AUCs. Average precision counts anomalous frames as positives; its
 chance level is the anomalous share, {chance:.3f}.
-Scores are anomaly scores without a unit: the negative log-likelihood of a frame's
-most anomalous object (or the frame itself) under the detector.</p>
+Scores are anomaly scores without a unit: the negative log-likelihood, under the
+detector, of a frame's most anomalous row, which is a grid cell, an object or the
+frame itself, by feature mode.</p>
 <table><tr><th></th><th>unsmoothed</th><th>smoothed</th></tr>
 {_metric_rows(metrics)}
 </table>

@@ -627,6 +627,15 @@ def _extract_split(
                 ) from error
             relative = f"{split}/{clip.name}.npz"
             save_clip_features(clip_features, folder / relative)
+            logger.info(
+                "features %s: clip %s extracted (%d of %d), %d frames, %d rows",
+                split,
+                clip.name,
+                len(features) + 1,
+                len(clips),
+                clip_features.n_frames,
+                clip_features.n_rows,
+            )
             entries[clip.name] = dict(
                 signature,
                 n_frames=clip_features.n_frames,
@@ -642,19 +651,13 @@ def _extract_split(
     # frames extracted in this run.
     total_frames = sum(features[clip.name].n_frames for clip in clips)
     total_rows = sum(features[clip.name].n_rows for clip in clips)
-    rate = n_frames / seconds if seconds > 0 and n_frames else 0.0
-    logger.info(
-        "%s: %d clips (%d extracted, %d cached), %d frames, %d rows, "
-        "%.1f s extracting, %.1f frames/s",
-        split,
-        len(clips),
-        len(pending),
-        len(clips) - len(pending),
-        total_frames,
-        total_rows,
-        seconds,
-        rate,
+    summary = (
+        f"{split}: {len(clips)} clips ({len(pending)} extracted, "
+        f"{len(clips) - len(pending)} cached), {total_frames} frames, {total_rows} rows"
     )
+    if n_frames:
+        summary += f", {seconds:.1f} s extracting, {n_frames / seconds:.1f} frames/s"
+    logger.info("%s", summary)
     return {clip.name: features[clip.name] for clip in clips}, seconds
 
 
