@@ -220,12 +220,9 @@ class EnergyMLP(nn.Module):
         return True
 
     def energy_and_gradient_from_first_layer(
-        self, pre_activation: torch.Tensor, gradient_rows: int | None = None
+        self, pre_activation: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Energies (m,) and df/dz1 (r, h1) from first-layer pre-activations z1.
-
-        The gradient covers the first r = ``gradient_rows`` rows (default: all m),
-        so that rows which need only their energy can share the forward pass.
+        """Energies (m,) and df/dz1 (m, h1) from first-layer pre-activations z1.
 
         The backward pass through the MLP is written out, so the gradient is an
         ordinary function of the weights: autograd differentiates it once in
@@ -252,11 +249,10 @@ class EnergyMLP(nn.Module):
         # df/dh for the last hidden layer is the output weight row, for every sample.
         # A contiguous copy, because the activation kernels are not vectorised on
         # a stride-0 (expanded) input.
-        rows = hidden.shape[0] if gradient_rows is None else gradient_rows
         weight = weights[-1][0].to(hidden.dtype)
-        grad = weight.expand(rows, -1).contiguous()
+        grad = weight.expand(hidden.shape[0], -1).contiguous()
         for index in range(len(activations) - 1, -1, -1):
-            z = pre_activations[index][:rows]
+            z = pre_activations[index]
             grad = activation_backward(activations[index], grad.to(z.dtype), z)
             if index > 0:
                 grad = grad @ weights[index][0]

@@ -56,25 +56,11 @@ def dsm_loss(
     sigma_col = sigma.unsqueeze(1)  # (n, 1)
     x_noisy = x + sigma_col * eps
 
-    n = x.shape[0]
-    energy_clean = None
     if net.supports_explicit_gradient:
         # Same values as the autograd branch. x_noisy needs no gradient here, so the
         # backward pass skips the product that would return dLoss/dx_noisy.
-        # The clean rows of the regulariser share the forward pass of the noisy
-        # ones: one product per layer instead of two, and one weight gradient.
-        if beta > 0:
-            pre_activation = net.first_layer(
-                torch.cat([x_noisy, x]), torch.cat([sigma, sigma])
-            )
-        else:
-            pre_activation = net.first_layer(x_noisy, sigma)
-        energies, delta = net.energy_and_gradient_from_first_layer(
-            pre_activation, gradient_rows=n
-        )
-        energy_noisy = energies[:n]
-        if beta > 0:
-            energy_clean = energies[n:]
+        pre_activation = net.first_layer(x_noisy, sigma)
+        energy_noisy, delta = net.energy_and_gradient_from_first_layer(pre_activation)
         grad = net.project_input_gradient(delta)
     else:
         x_noisy.requires_grad_(True)
@@ -84,9 +70,7 @@ def dsm_loss(
     score_matching_each = weight / sigma.square() * residual  # (n,)
 
     if beta > 0:
-        if energy_clean is None:
-            energy_clean = net(x, sigma)
-        regulariser_each = beta * energy_clean.float().square()  # (n,)
+        regulariser_each = beta * net(x, sigma).float().square()  # (n,)
     else:
         regulariser_each = torch.zeros_like(score_matching_each)
     per_sample = score_matching_each + regulariser_each
