@@ -38,7 +38,7 @@ import torch
 
 from benchmarks import baseline, end_to_end
 from mulde.aggregate import LevelAggregator
-from mulde.detector import make_adam
+from mulde.detector import make_adam, score_pairs_per_pass
 from mulde.network import (
     EnergyMLP,
     autocast,
@@ -319,9 +319,12 @@ def replicated_energies(
     return energies.detach().float().reshape(n, n_levels), norms.reshape(n, n_levels)
 
 
-def chunked(score: Callable, x: torch.Tensor, levels: torch.Tensor) -> None:
+def chunked(
+    score: Callable, x: torch.Tensor, levels: torch.Tensor, config: BenchConfig
+) -> None:
     """Score x in the chunks MULDE.multiscale_scores uses."""
-    rows = max(1, SCORE_BATCH_SIZE // levels.shape[0])
+    pairs = score_pairs_per_pass(SCORE_BATCH_SIZE, config.hidden_sizes, x.device)
+    rows = max(1, pairs // levels.shape[0])
     for start in range(0, x.shape[0], rows):
         score(x[start : start + rows], levels)
 
@@ -404,7 +407,7 @@ def build_scoring(config, implementation, device, dtype, score_norms):
 
     def call():
         with autocast(device, dtype):
-            chunked(score, x, levels)
+            chunked(score, x, levels, config)
 
     return call, work
 

@@ -198,3 +198,14 @@ def test_benchmark_modules_import(module):
     import importlib
 
     importlib.import_module(f"benchmarks.{module}")
+
+
+def test_score_pairs_per_pass_capped_on_cpu():
+    from mulde.detector import score_pairs_per_pass
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+
+    assert score_pairs_per_pass(16384, (4096, 4096), cpu) == 2048
+    assert score_pairs_per_pass(16384, (512, 512), cpu) == 16384
+    assert score_pairs_per_pass(1000, (4096, 4096), cpu) == 1000
+    assert score_pairs_per_pass(16384, (4096, 4096), cuda) == 16384
