@@ -18,7 +18,6 @@ ends of the clip.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import closing
 
 import cv2
 import numpy as np
@@ -28,11 +27,9 @@ from mulde.features.cache import ClipFeatures, FeatureConfig, build_backbone
 from mulde.features.flow import FlowEstimator, flow_statistics, flow_statistics_dim
 from mulde.features.objects import (
     FrameSource,
-    backbone_parallelism,
+    consume_in_parallel,
     iter_velocity,
     open_frames,
-    prefetch,
-    torch_threads,
     zip_results,
 )
 
@@ -171,15 +168,13 @@ def extract_frame_features(
     config = config or FeatureConfig(mode="frame")
     if backbone is None:
         backbone = build_backbone(config)
-    items: Iterator = _iter_frames_and_motion(source, config)
-    if config.threaded:
-        items = prefetch(items, maxsize=2 * config.batch_size)
-    workers, threads = backbone_parallelism(config)
-    # closing() stops the producer thread at once if embedding fails.
-    with torch_threads(threads), closing(items):
-        appearance, motion, original_shape = _embed_frames(
+    appearance, motion, original_shape = consume_in_parallel(
+        _iter_frames_and_motion(source, config),
+        config,
+        lambda items, workers: _embed_frames(
             items, backbone, config, workers, on_frame
-        )
+        ),
+    )
 
     n_frames = len(motion)
     if n_frames == 0:

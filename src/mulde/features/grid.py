@@ -21,7 +21,6 @@ where the object is in a perspective view.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import closing
 from dataclasses import dataclass
 
 import cv2
@@ -32,12 +31,10 @@ from mulde.features.cache import ClipFeatures, FeatureConfig, build_backbone
 from mulde.features.flow import FlowEstimator
 from mulde.features.objects import (
     FrameSource,
-    backbone_parallelism,
     checked_frames,
+    consume_in_parallel,
     fitted_proposer,
     iter_velocity,
-    prefetch,
-    torch_threads,
     zip_results,
 )
 
@@ -254,14 +251,13 @@ def extract_grid_features(
     config = config or FeatureConfig(mode="grid")
     if backbone is None:
         backbone = build_backbone(config)
-    frames: Iterator[_FrameCells] = _iter_frame_cells(source, config)
-    if config.threaded:
-        frames = prefetch(frames, maxsize=2 * config.batch_size)
-    workers, threads = backbone_parallelism(config)
-    with torch_threads(threads), closing(frames):
-        done, appearance = _sample_appearance(
+    done, appearance = consume_in_parallel(
+        _iter_frame_cells(source, config),
+        config,
+        lambda frames, workers: _sample_appearance(
             frames, backbone, config.batch_size, workers, on_frame
-        )
+        ),
+    )
     return _assemble(done, appearance, backbone.dim)
 
 

@@ -49,6 +49,7 @@ __all__ = [
     "FrameSource",
     "box_geometry",
     "checked_frames",
+    "consume_in_parallel",
     "crop_boxes",
     "extract_object_features",
     "fitted_proposer",
@@ -156,6 +157,22 @@ def backbone_parallelism(config: FeatureConfig) -> tuple[int, int | None]:
     if threads is None and on_cpu:
         threads = 1
     return workers, threads
+
+
+def consume_in_parallel(
+    items: Iterator[T], config: FeatureConfig, consume: Callable[[Iterator[T], int], R]
+) -> R:
+    """Return ``consume(items, workers)`` run with the backbone's parallelism.
+
+    With ``config.threaded`` the items are produced in a background thread, which
+    stops at once if ``consume`` fails. Torch's thread count is that of
+    :func:`backbone_parallelism` while ``consume`` runs.
+    """
+    if config.threaded:
+        items = prefetch(items, maxsize=2 * config.batch_size)
+    workers, threads = backbone_parallelism(config)
+    with torch_threads(threads), closing(items):
+        return consume(items, workers)
 
 
 @contextmanager
@@ -429,15 +446,13 @@ def extract_object_features(
     config = config or FeatureConfig(mode="object")
     if backbone is None:
         backbone = build_backbone(config)
-    frames: Iterator[_FrameObjects] = _iter_frame_objects(source, config)
-    if config.threaded:
-        frames = prefetch(frames, maxsize=2 * config.batch_size)
-    workers, threads = backbone_parallelism(config)
-    # closing() stops the producer thread at once if embedding fails.
-    with torch_threads(threads), closing(frames):
-        done, appearance = _embed_crops(
+    done, appearance = consume_in_parallel(
+        _iter_frame_objects(source, config),
+        config,
+        lambda frames, workers: _embed_crops(
             frames, backbone, config.batch_size, workers, on_frame
-        )
+        ),
+    )
     return _assemble(done, appearance, config, backbone.dim)
 
 
