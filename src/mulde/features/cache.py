@@ -60,7 +60,7 @@ FRAME_GROUPS = ("appearance", "motion")
 WINDOW_MODES = ("centered", "causal")
 PRECISIONS = ("auto", "float32", "bfloat16")
 # Cells smaller than 4 px hold too few pixels for a speed percentile and give
-# hundreds of rows per frame; a cell beyond 512 px is larger than most frames.
+# hundreds of rows per frame. A cell beyond 512 px is larger than most frames.
 MIN_GRID_CELL, MAX_GRID_CELL = 4, 512
 FRAME_POOLINGS = ("meanmax", "grid2")
 MANIFEST_NAME = "manifest.json"
