@@ -299,6 +299,9 @@ def _sample_appearance(
     return done, appearance
 
 
+# NOTE: every cell keeps the backbone's full feature vector (1,280 floats for
+# EfficientNet-Lite0) until the pipeline's PCA, and the pipeline holds all clips
+# in memory, so very large training sets need a larger grid_cell.
 def _assemble(
     frames: list[_FrameCells], appearance: list[np.ndarray], dim: int
 ) -> ClipFeatures:
