@@ -209,3 +209,16 @@ def test_score_pairs_per_pass_capped_on_cpu():
     assert score_pairs_per_pass(16384, (512, 512), cpu) == 16384
     assert score_pairs_per_pass(1000, (4096, 4096), cpu) == 1000
     assert score_pairs_per_pass(16384, (4096, 4096), cuda) == 16384
+
+
+def test_reuse_freed_memory_on_glibc():
+    import platform
+
+    from mulde.allocator import reuse_freed_memory
+
+    applied = reuse_freed_memory()
+
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert applied
+    else:
+        assert not applied

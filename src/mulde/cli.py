@@ -293,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if args.command in ("run", "study"):
+        from mulde.allocator import reuse_freed_memory
+
+        reuse_freed_memory()
     commands = {"run": _run, "data": _data}
     if args.command == "study":
         from mulde.study import study_command
