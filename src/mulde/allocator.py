@@ -6,9 +6,9 @@ allocates activations of tens of MB at every step, so each step pays page
 faults on memory it has just given back. With a fixed threshold of 32 MiB,
 glibc's maximum on 64-bit systems, and a high trim threshold, freed blocks stay
 in the heap for the next step. On 2 cores of a Xeon with AMX this raised
-bfloat16 training of a 4096 x 4096 network from 2,900 to 2,977 samples/s to
-3,378 (docs/benchmarks.md). The cost is a resident size that stays near its
-peak until the process ends.
+bfloat16 training of a 4096 x 4096 network from about 2,950 samples/s to
+about 3,300 (docs/benchmarks.md). The cost is a resident size that stays near
+its peak until the process ends.
 """
 
 from __future__ import annotations
