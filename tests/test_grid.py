@@ -178,7 +178,9 @@ def test_auto_precision_keeps_object_crops_float32():
 
 
 def test_feature_config_rejects_bad_grid_values():
-    with pytest.raises(ValueError, match="grid_cell must be between 4 and 512 pixels, got 0"):
+    with pytest.raises(
+        ValueError, match="grid_cell must be between 4 and 512 pixels, got 0"
+    ):
         FeatureConfig(grid_cell=0)
     with pytest.raises(ValueError, match="grid_min_foreground must be between"):
         FeatureConfig(grid_min_foreground=1.5)
