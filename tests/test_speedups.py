@@ -222,3 +222,25 @@ def test_reuse_freed_memory_on_glibc():
         assert applied
     else:
         assert not applied
+
+
+def test_bfloat16_weight_gradients_follow_autograd():
+    net = make_net(6).train()
+    data = torch.Generator().manual_seed(8)
+    x = torch.randn(64, 6, generator=data)
+    sigma = torch.exp(torch.empty(64).uniform_(-4.0, 0.0, generator=data))
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        noise = torch.Generator().manual_seed(0)
+        parts = dsm_loss(net, x, sigma, sigma.square(), 0.1, noise)
+    fast_grads = torch.autograd.grad(parts.total, list(net.parameters()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = plain_dsm_loss(net, x, sigma, sigma.square(), 0.1, seed=0)
+    expected_grads = torch.autograd.grad(expected, list(net.parameters()))
+
+    for fast, slow in zip(fast_grads, expected_grads, strict=True):
+        assert fast.dtype == torch.float32
+        cosine = torch.nn.functional.cosine_similarity(
+            fast.flatten(), slow.flatten(), dim=0
+        )
+        assert cosine > 0.99
