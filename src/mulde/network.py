@@ -231,13 +231,7 @@ class EnergyMLP(nn.Module):
         """
         linears, activations = self.linears_and_activations()
         low_precision = self.low_precision_inference_dtype()
-        device_type = pre_activation.device.type
-        if low_precision is None and torch.is_autocast_enabled(device_type):
-            # Training under autocast: each weight is cast once and serves both
-            # its forward product and its product in the written-out backward.
-            dtype = torch.get_autocast_dtype(device_type)
-            weights = [(m.weight.to(dtype), m.bias.to(dtype)) for m in linears]
-        elif low_precision is None:
+        if low_precision is None:
             weights = [(linear.weight, linear.bias) for linear in linears]
         else:
             weights = [self.inference_weights(m, low_precision) for m in linears]
@@ -248,9 +242,9 @@ class EnergyMLP(nn.Module):
         for (weight, bias), activation in zip(
             weights[1:-1], activations[1:], strict=True
         ):
-            pre_activations.append(training_linear(hidden, weight, bias))
+            pre_activations.append(F.linear(hidden, weight, bias))
             hidden = activation(pre_activations[-1])
-        energy = training_linear(hidden, *weights[-1]).squeeze(1)
+        energy = F.linear(hidden, *weights[-1]).squeeze(1)
 
         # df/dh for the last hidden layer is the output weight row, for every sample.
         # A contiguous copy, because the activation kernels are not vectorised on
@@ -261,68 +255,8 @@ class EnergyMLP(nn.Module):
             z = pre_activations[index]
             grad = activation_backward(activations[index], grad.to(z.dtype), z)
             if index > 0:
-                grad = training_matmul(grad, weights[index][0])
+                grad = grad @ weights[index][0]
         return energy, grad
-
-
-class ContiguousGradProduct(torch.autograd.Function):
-    """``a @ w.T + b`` (or ``a @ w``) whose weight gradient multiplies contiguous
-    operands.
-
-    Autograd computes a weight gradient as a product with a transposed operand
-    and the batch as the inner dimension. In bfloat16 on a 2-core Xeon with AMX,
-    oneDNN ran a (4096 x 2048) by (2048 x 4096) product of that kind in 85 ms
-    alone, and in 57 ms after copying the transpose. Under autocast the
-    operands are cast as autocast would cast them. Only the first derivative
-    exists, which is all that the explicit gradient path needs in training.
-    """
-
-    @staticmethod
-    def forward(ctx, a, weight, bias, transposed: bool):
-        device_type = a.device.type
-        if torch.is_autocast_enabled(device_type):
-            dtype = torch.get_autocast_dtype(device_type)
-            a, weight = a.to(dtype), weight.to(dtype)
-            bias = None if bias is None else bias.to(dtype)
-        ctx.save_for_backward(a, weight)
-        ctx.transposed = transposed
-        ctx.has_bias = bias is not None
-        with torch.autocast(device_type, enabled=False):
-            output = a @ weight.t() if transposed else a @ weight
-            return output if bias is None else output + bias
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        a, weight = ctx.saved_tensors
-        grad = grad.to(weight.dtype)
-        grad_a = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            grad_a = grad @ weight if ctx.transposed else grad @ weight.t()
-        if ctx.needs_input_grad[1]:
-            if ctx.transposed:
-                grad_weight = grad.t().contiguous() @ a
-            else:
-                grad_weight = a.t().contiguous() @ grad
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = grad.sum(dim=0, dtype=torch.float32)
-        return grad_a, grad_weight, grad_bias, None
-
-
-def training_linear(
-    a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
-) -> torch.Tensor:
-    """F.linear for the training step, with contiguous weight-gradient products."""
-    if torch.is_grad_enabled() and weight.requires_grad:
-        return ContiguousGradProduct.apply(a, weight, bias, True)
-    return F.linear(a, weight, bias)
-
-
-def training_matmul(a: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``a @ weight`` for the training step, as :func:`training_linear` does."""
-    if torch.is_grad_enabled() and weight.requires_grad:
-        return ContiguousGradProduct.apply(a, weight, None, False)
-    return a @ weight
 
 
 def activation_backward(
