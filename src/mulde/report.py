@@ -37,8 +37,19 @@ def plot_roc(
     plt.close(figure)
 
 
-def plot_clips(path: Path, raw: dict, smoothed: dict, labels: dict) -> None:
-    """Each test clip's score over time, anomalous frames shaded."""
+def plot_clips(
+    path: Path,
+    raw: dict,
+    smoothed: dict,
+    labels: dict,
+    clip_auc: dict | None = None,
+) -> None:
+    """Each test clip's score over time, anomalous frames shaded.
+
+    ``clip_auc`` maps clips to the AUC shown in their titles; clips without one
+    (all frames of one class) show only their name.
+    """
+    clip_auc = clip_auc or {}
     clips = list(labels)
     columns = 3
     rows = math.ceil(len(clips) / columns)
@@ -62,7 +73,8 @@ def plot_clips(path: Path, raw: dict, smoothed: dict, labels: dict) -> None:
         )
         ax.plot(frames, raw[clip], color="tab:grey", linewidth=0.7)
         ax.plot(frames, smoothed[clip], color="tab:blue", linewidth=1.2)
-        ax.set_title(clip, fontsize=9)
+        title = clip if clip not in clip_auc else f"{clip}, AUC {clip_auc[clip]:.3f}"
+        ax.set_title(title, fontsize=9)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(clips) :]:
         ax.axis("off")
@@ -121,7 +133,8 @@ def write_report(
 ) -> Path:
     """Write the three plots and report.html into ``folder``."""
     plot_roc(folder / "roc.png", raw, smoothed, labels, metrics)
-    plot_clips(folder / "clip_scores.png", raw, smoothed, labels)
+    clip_auc = metrics.get("smoothed", {}).get("clip_auc", {})
+    plot_clips(folder / "clip_scores.png", raw, smoothed, labels, clip_auc)
     plot_auc_by_level(folder / "auc_by_sigma.png", metrics["auc_by_level"])
 
     clip_rows = "\n".join(
@@ -181,6 +194,8 @@ frame itself, by feature mode.</p>
 </table>
 <h2>Time per stage (s)</h2>
 <table>{timings}</table>
+<p>The report stage and the total time are in metrics.json, which is written
+after this page.</p>
 <h2>Configuration</h2>
 <pre>{html.escape(json.dumps(config, indent=2))}</pre>
 </body></html>
