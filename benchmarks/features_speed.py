@@ -103,6 +103,27 @@ def timed(label: str, n_frames: int, seconds: float, extra: str = "") -> None:
     print(f"{label:<30} {seconds:7.2f} s {rate:8.1f} frames/s {extra}")
 
 
+def time_batches(function, batches: list, workers: int) -> float:
+    """Return the seconds of ``function`` over ``batches`` in ``workers`` threads.
+
+    The first batch runs once before the timing, as a warm-up.
+    """
+    function(batches[0])
+    start = time.perf_counter()
+    for _ in ordered_map(function, batches, workers):
+        pass
+    return time.perf_counter() - start
+
+
+def print_decode_and_background(
+    n_frames: int, decode: float, background: float
+) -> None:
+    timed("decode (iter_frames)", n_frames, decode)
+    timed(
+        "background median", n_frames, background, "(the sampling pass decodes again)"
+    )
+
+
 def time_shared_stages(clips: list[Path], config: FeatureConfig) -> dict:
     """Time decoding, background fitting and flow, the stages of every mode.
 
@@ -177,21 +198,14 @@ def time_stages(
     box_features = time.perf_counter() - start
 
     all_crops = np.concatenate(crops)
-    backbone.embed(all_crops[: config.batch_size])  # warm-up
     batches = [
         all_crops[i : i + config.batch_size]
         for i in range(0, len(all_crops), config.batch_size)
     ]
-    start = time.perf_counter()
-    for _ in ordered_map(backbone.embed, batches, workers):
-        pass
-    cnn = time.perf_counter() - start
+    cnn = time_batches(backbone.embed, batches, workers)
 
     print(f"frames: {n_frames}, boxes: {n_boxes} ({n_boxes / n_frames:.1f} per frame)")
-    timed("decode (iter_frames)", n_frames, decode)
-    timed(
-        "background median", n_frames, background, "(the sampling pass decodes again)"
-    )
+    print_decode_and_background(n_frames, decode, background)
     timed("proposals", n_frames, proposals)
     timed(f"flow (DIS {config.flow_preset})", n_frames, flow)
     timed("box flow, geometry, crops", n_frames, box_features)
@@ -260,17 +274,10 @@ def time_grid_stages(
         for feature_map, points in zip(maps, batch_centres, strict=True):
             sample_feature_map(feature_map, points, images[0].shape[:2])
 
-    embed(batches[0])  # warm-up
-    start = time.perf_counter()
-    for _ in ordered_map(embed, batches, workers):
-        pass
-    cnn = time.perf_counter() - start
+    cnn = time_batches(embed, batches, workers)
 
     print(f"frames: {n_frames}, cells: {n_cells} ({n_cells / n_frames:.1f} per frame)")
-    timed("decode (iter_frames)", n_frames, decode)
-    timed(
-        "background median", n_frames, background, "(the sampling pass decodes again)"
-    )
+    print_decode_and_background(n_frames, decode, background)
     timed("foreground masks", n_frames, foreground)
     timed(f"flow (DIS {config.flow_preset})", n_frames, flow)
     timed("cell speeds", n_frames, cells)

@@ -584,7 +584,10 @@ class MULDE(OutlierMixin, BaseEstimator):
             else evaluation_levels(levels, 0, self.sigma_low, self.sigma_high)
         )
         levels = torch.as_tensor(levels, dtype=torch.float32, device=self.device_)
-        rows = max(1, self._score_pairs_per_pass() // len(levels))
+        pairs = score_pairs_per_pass(
+            self.score_batch_size, self.hidden_sizes, self.device_
+        )
+        rows = max(1, pairs // len(levels))
         energies, norms = [], []
         for start in range(0, x.shape[0], rows):
             with autocast(self.device_, self.compute_dtype_):
@@ -607,11 +610,6 @@ class MULDE(OutlierMixin, BaseEstimator):
         if norms:
             return energies_np, torch.cat(norms).cpu().numpy()
         return energies_np, np.zeros_like(energies_np)
-
-    def _score_pairs_per_pass(self) -> int:
-        return score_pairs_per_pass(
-            self.score_batch_size, self.hidden_sizes, self.device_
-        )
 
     def _level_vectors(self, X) -> np.ndarray:
         if self.use_score_norms:

@@ -122,11 +122,6 @@ def fit_models(train: dict, config: RunConfig) -> list[GroupModel]:
         rows = np.concatenate(
             [model.transform(clip.groups) for clip in train.values()], axis=0
         )
-        if rows.shape[0] < 2:
-            raise ValueError(
-                f"Only {rows.shape[0]} training objects were found; check the "
-                "training clips and the object proposal settings."
-            )
         logger.info(
             "fitting detector on %s: %d rows x %d features",
             "+".join(groups),

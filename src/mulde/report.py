@@ -44,7 +44,7 @@ def plot_clips(
     labels: dict,
     clip_auc: dict | None = None,
 ) -> None:
-    """Each test clip's score over time, anomalous frames shaded.
+    """Plot each test clip's score over time with its anomalous frames shaded.
 
     ``clip_auc`` maps clips to the AUC shown in their titles; clips without one
     (all frames of one class) show only their name.

@@ -72,15 +72,24 @@ def foreground_cells(
     rows, columns : numpy.ndarray of int64, shape (n_cells,)
         Cell indices in row-major order.
     """
-    height, width = mask.shape
-    n_rows, n_columns = -(-height // cell), -(-width // cell)
-    padded = np.zeros((n_rows * cell, n_columns * cell), dtype=np.int32)
-    padded[:height, :width] = mask > 0
-    counts = padded.reshape(n_rows, cell, n_columns, cell).sum(axis=(1, 3))
+    counts = _cell_blocks(mask > 0, cell).sum(axis=2)
     # At least one pixel, so that min_fraction == 0 keeps no empty cell.
     needed = max(min_fraction * cell * cell, 1.0)
     rows, columns = np.nonzero(counts >= needed)
     return rows.astype(np.int64), columns.astype(np.int64)
+
+
+def _cell_blocks(values: np.ndarray, cell: int) -> np.ndarray:
+    """Regroup an (H, W) array into (n_rows, n_columns, cell * cell) cell blocks.
+
+    The frame is padded with zeros (False) to whole cells at the right and bottom.
+    """
+    height, width = values.shape
+    n_rows, n_columns = -(-height // cell), -(-width // cell)
+    padded = np.zeros((n_rows * cell, n_columns * cell), dtype=values.dtype)
+    padded[:height, :width] = values
+    blocks = padded.reshape(n_rows, cell, n_columns, cell).transpose(0, 2, 1, 3)
+    return blocks.reshape(n_rows, n_columns, cell * cell)
 
 
 def cell_velocity(
@@ -111,17 +120,9 @@ def cell_velocity(
     features = np.zeros((len(rows), GRID_VELOCITY_DIM), dtype=np.float32)
     if len(rows) == 0:
         return features
-    height, width = mask.shape
-    n_rows, n_columns = -(-height // cell), -(-width // cell)
-    magnitude = np.zeros((n_rows * cell, n_columns * cell), dtype=np.float32)
-    magnitude[:height, :width] = np.hypot(velocity[..., 0], velocity[..., 1])
-    inside = np.zeros(magnitude.shape, dtype=bool)
-    inside[:height, :width] = mask > 0
-    # (n_rows * cell, n_columns * cell) -> the pixels of the chosen cells, (n, cell^2).
-    blocks = magnitude.reshape(n_rows, cell, n_columns, cell).transpose(0, 2, 1, 3)
-    speeds = blocks[rows, columns].reshape(len(rows), -1)
-    chosen = inside.reshape(n_rows, cell, n_columns, cell).transpose(0, 2, 1, 3)
-    chosen = chosen[rows, columns].reshape(len(rows), -1)
+    magnitude = np.hypot(velocity[..., 0], velocity[..., 1])
+    speeds = _cell_blocks(magnitude, cell)[rows, columns]  # (n, cell^2)
+    chosen = _cell_blocks(mask > 0, cell)[rows, columns]
     counts = chosen.sum(axis=1)
     features[:, 0] = np.where(chosen, speeds, 0.0).sum(axis=1) / counts
 
@@ -300,7 +301,7 @@ def _sample_appearance(
 
 
 # NOTE: every cell keeps the backbone's full feature vector (1,280 floats for
-# EfficientNet-Lite0) until the pipeline's PCA, and the pipeline holds all clips
+# EfficientNet-Lite0) until the pipeline's PCA, and the pipeline keeps all clips
 # in memory, so very large training sets need a larger grid_cell.
 def _assemble(
     frames: list[_FrameCells], appearance: list[np.ndarray], dim: int
