@@ -43,6 +43,7 @@ from mulde.network import (
     EnergyMLP,
     autocast,
     cpu_has_amx,
+    dtype_name,
     resolve_device,
     resolve_precision,
 )
@@ -462,7 +463,7 @@ def timing_job(job: dict) -> dict:
                 "config": job["config_name"],
                 "operation": job["operation"],
                 "implementation": implementation,
-                "dtype": str(dtype).removeprefix("torch."),
+                "dtype": dtype_name(dtype),
                 "work_per_call": work,
                 "seconds": seconds[implementation],
                 "cpu_seconds": cpu_seconds[implementation],

@@ -43,6 +43,7 @@ from mulde.features.objects import (
     torch_threads,
 )
 from mulde.features.proposals import BackgroundSampler, ProposalExtractor
+from mulde.network import dtype_name
 from mulde.video.readers import iter_frames
 
 DEFAULT_ROOT = (
@@ -288,7 +289,7 @@ def time_grid_stages(
         "mode": "grid",
         "frames": n_frames,
         "cells": n_cells,
-        "compute_dtype": str(backbone.compute_dtype).removeprefix("torch."),
+        "compute_dtype": dtype_name(backbone.compute_dtype),
         "seconds": {
             "decode": decode,
             "background": background,

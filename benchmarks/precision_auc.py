@@ -31,7 +31,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from mulde import MULDE
-from mulde.network import resolve_device, resolve_precision
+from mulde.network import dtype_name, resolve_device, resolve_precision
 
 DEFAULT_DATA = (
     Path(__file__).resolve().parents[2]
@@ -66,7 +66,7 @@ def fit_and_score(params: dict, X_fit, X_test, y_test) -> dict:
     scores = detector.decision_function(X_test)
     return {
         "auc": float(roc_auc_score(y_test, scores)),
-        "compute_dtype": str(detector.compute_dtype_).removeprefix("torch."),
+        "compute_dtype": dtype_name(detector.compute_dtype_),
         "fit_s": fit_s,
         "final_loss": detector.history_[-1]["loss"],
     }

@@ -396,6 +396,11 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """Return a torch dtype's name without the module, such as ``"bfloat16"``."""
+    return str(dtype).removeprefix("torch.")
+
+
 def autocast(
     device: torch.device, dtype: torch.dtype
 ) -> contextlib.AbstractContextManager:

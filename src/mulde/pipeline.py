@@ -24,6 +24,7 @@ from sklearn.decomposition import PCA
 from mulde.config import RunConfig
 from mulde.detector import MULDE
 from mulde.evaluation import check_clip_scores, frame_metrics, smooth
+from mulde.network import dtype_name
 
 logger = logging.getLogger(__name__)
 
@@ -477,7 +478,7 @@ def _environment(detector: MULDE) -> dict:
         "numpy": np.__version__,
         "python": platform.python_version(),
         "device": str(detector.device_),
-        "precision": str(detector.compute_dtype_).removeprefix("torch."),
+        "precision": dtype_name(detector.compute_dtype_),
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds"
         ),

@@ -29,7 +29,7 @@ import torch
 from mulde.features.backbone import Backbone, get_backbone
 from mulde.features.flow import DEFAULT_MAGNITUDE_EDGES, FLOW_PRESETS
 from mulde.features.proposals import ProposalConfig
-from mulde.network import resolve_device, resolve_precision
+from mulde.network import dtype_name, resolve_device, resolve_precision
 from mulde.validation import check_field_types
 from mulde.video.clips import Clip, VideoDataset
 
@@ -55,7 +55,6 @@ EXTRACTOR_NAME = "mulde.features"
 EXTRACTOR_VERSION = 1
 FEATURE_MODES = ("grid", "object", "frame")
 OBJECT_GROUPS = ("velocity", "appearance", "geometry")
-GRID_GROUPS = OBJECT_GROUPS
 FRAME_GROUPS = ("appearance", "motion")
 WINDOW_MODES = ("centered", "causal")
 PRECISIONS = ("auto", "float32", "bfloat16")
@@ -338,7 +337,7 @@ class FeatureConfig:
                 raise ValueError(f"{name} must be at least 1 or None, got {value}")
         if not 0.0 <= self.grid_min_foreground <= 1.0:
             raise ValueError(
-                "grid_min_foreground must be between 0 and 1, got "
+                "features.grid_min_foreground must be between 0 and 1, got "
                 f"{self.grid_min_foreground}"
             )
         _check_choice("precision", self.precision, PRECISIONS)
@@ -386,7 +385,7 @@ class FeatureConfig:
         for name in _RUNTIME_FIELDS:
             values.pop(name)
         # "auto" resolves by machine, and features of another dtype differ.
-        values["precision"] = str(self.compute_dtype()).removeprefix("torch.")
+        values["precision"] = dtype_name(self.compute_dtype())
         values["extractor_version"] = EXTRACTOR_VERSION
         text = json.dumps(values, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -468,7 +467,7 @@ def build_backbone(config: FeatureConfig) -> Backbone:
         config.backbone,
         device=config.device,
         batch_size=config.batch_size,
-        precision=str(config.compute_dtype()).removeprefix("torch."),
+        precision=dtype_name(config.compute_dtype()),
     )
 
 
@@ -701,7 +700,7 @@ def _manifest_header(config: FeatureConfig, backbone: Backbone) -> dict:
         "package_version": __version__,
         "config": config.to_dict(),
         "config_hash": config.config_hash(),
-        "compute_dtype": str(config.compute_dtype()).removeprefix("torch."),
+        "compute_dtype": dtype_name(config.compute_dtype()),
         "backbone": {
             "name": backbone.name,
             "version": backbone.version,
