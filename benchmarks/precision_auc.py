@@ -12,6 +12,10 @@ Run from the repository root::
     python -m benchmarks.precision_auc --hidden-sizes 4096 4096 \\
         --batch-size 2048 --learning-rate 1e-4 --epochs 100 --seeds 0
 
+``--backward autograd`` trains with autograd's backward pass over the loss (the
+path before the written-out backward of ``mulde.score_matching``), so that two
+runs compare the two paths seed by seed.
+
 ``--precision-a auto`` is bfloat16 only where ``mulde.network.resolve_precision``
 picks it (CUDA, or a CPU with AMX); elsewhere both runs are float32, which the
 output states.
@@ -30,8 +34,10 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+import mulde.detector
 from mulde import MULDE
 from mulde.network import dtype_name, resolve_device, resolve_precision
+from mulde.score_matching import autograd_dsm_loss_backward
 
 DEFAULT_DATA = (
     Path(__file__).resolve().parents[2]
@@ -100,6 +106,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="torch intra-op threads (default: torch's choice); on a shared machine "
         "1 avoids idle OpenMP threads spinning against other jobs",
     )
+    parser.add_argument(
+        "--backward",
+        choices=["written_out", "autograd"],
+        default="written_out",
+        help="training backward pass: MULDE's written-out one (default) or "
+        "autograd's over the loss",
+    )
     parser.add_argument("--out", type=Path, help="also write the results as JSON")
     return parser.parse_args(argv)
 
@@ -108,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.backward == "autograd":
+        # MULDE._train calls the name it imported into mulde.detector.
+        mulde.detector.dsm_loss_backward = autograd_dsm_loss_backward
     X_fit, X_test, y_test = one_class_split(args.data)
     device = resolve_device(args.device)
     base = {
@@ -168,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             "settings": base,
             "seeds": args.seeds,
             "precisions": precisions,
+            "backward": args.backward,
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "runs": runs,

@@ -4,7 +4,12 @@ import pytest
 import torch
 
 from mulde.network import EnergyMLP, GeluBackward, fused_linear_gelu_available
-from mulde.score_matching import dsm_loss, multiscale_energies
+from mulde.score_matching import (
+    dsm_loss,
+    dsm_loss_backward,
+    explicit_training_supported,
+    multiscale_energies,
+)
 
 LEVELS = torch.linspace(1e-3, 1.0, 16)
 
@@ -30,7 +35,7 @@ def plain_energies_and_norms(net, x, levels):
 def plain_dsm_loss(net, x, sigma, weight, beta, seed):
     """The loss of dsm_loss through autograd's double backward."""
     generator = torch.Generator().manual_seed(seed)
-    eps = torch.randn(x.shape, generator=generator)
+    eps = torch.randn(x.shape, generator=generator, dtype=x.dtype)
     x_noisy = (x + sigma.unsqueeze(1) * eps).requires_grad_(True)
     energy = net(x_noisy, sigma)
     (grad,) = torch.autograd.grad(energy.sum(), x_noisy, create_graph=True)
@@ -244,3 +249,116 @@ def test_bfloat16_weight_gradients_follow_autograd():
             fast.flatten(), slow.flatten(), dim=0
         )
         assert cosine > 0.99
+
+
+def grads_of(net):
+    return [parameter.grad.clone() for parameter in net.parameters()]
+
+
+@pytest.mark.parametrize("activation", ["gelu", "silu", "softplus"])
+@pytest.mark.parametrize("hidden_sizes", [(8,), (8, 6), (8, 6, 5)])
+@pytest.mark.parametrize("beta", [0.0, 0.1])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_written_out_backward_matches_double_backward(
+    activation, hidden_sizes, beta, dtype
+):
+    # float64, so that any slip in the hand-written chain rule shows far above
+    # rounding; float32, because some CPU kernels differ by dtype.
+    net = EnergyMLP(3, hidden_sizes, activation=activation).to(dtype).train()
+    net.reset_parameters(torch.Generator().manual_seed(0))
+    data = torch.Generator().manual_seed(3)
+    x = torch.randn(10, 3, generator=data, dtype=dtype)
+    sigma = torch.exp(torch.empty(10, dtype=dtype).uniform_(-6.9, 0.0))
+    weight = sigma.square() * torch.rand(10, generator=data, dtype=dtype)
+    rel, atol = (1e-12, 1e-13) if dtype == torch.float64 else (1e-5, 1e-6)
+    assert explicit_training_supported(net)
+
+    expected = plain_dsm_loss(net, x, sigma, weight, beta, seed=4)
+    expected_grads = torch.autograd.grad(expected, list(net.parameters()))
+    parts = dsm_loss_backward(
+        net, x, sigma, weight, beta, torch.Generator().manual_seed(4)
+    )
+
+    assert parts.total.item() == pytest.approx(expected.item(), rel=rel)
+    assert parts.total.item() == pytest.approx(
+        parts.score_matching.item() + parts.regulariser.item(), rel=rel
+    )
+    for ours, theirs in zip(grads_of(net), expected_grads, strict=True):
+        assert torch.allclose(ours, theirs, rtol=100 * rel, atol=atol)
+
+
+def test_written_out_backward_accumulates_and_falls_back():
+    x = torch.randn(12, 4, generator=torch.Generator().manual_seed(1))
+    sigma = torch.full((12,), 0.2)
+    net = make_net(4).train()
+    dsm_loss_backward(net, x, sigma, sigma.square(), 0.1, None)
+    # With the same noise again, the gradients add to .grad as in loss.backward().
+    generator = torch.Generator()
+    net.zero_grad(set_to_none=True)
+    dsm_loss_backward(net, x, sigma, sigma.square(), 0.1, generator.manual_seed(0))
+    single = grads_of(net)
+    dsm_loss_backward(net, x, sigma, sigma.square(), 0.1, generator.manual_seed(0))
+    for total, part in zip(grads_of(net), single, strict=True):
+        assert torch.allclose(total, 2 * part, rtol=1e-5, atol=1e-7)
+
+    # LayerNorm takes autograd's backward over dsm_loss, with the same result.
+    normed = make_net(4, layer_norm=True).train()
+    assert not explicit_training_supported(normed)
+    parts = dsm_loss_backward(
+        normed, x, sigma, sigma.square(), 0.1, torch.Generator().manual_seed(2)
+    )
+    assert not parts.total.requires_grad
+    expected = plain_dsm_loss(normed, x, sigma, sigma.square(), 0.1, seed=2)
+    expected_grads = torch.autograd.grad(expected, list(normed.parameters()))
+    for ours, theirs in zip(grads_of(normed), expected_grads, strict=True):
+        assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-6)
+
+
+def test_written_out_backward_in_bfloat16_follows_float32():
+    data = torch.Generator().manual_seed(8)
+    x = torch.randn(64, 6, generator=data)
+    sigma = torch.exp(torch.empty(64).uniform_(-4.0, 0.0, generator=data))
+    net = make_net(6).train()
+    dsm_loss_backward(
+        net, x, sigma, sigma.square(), 0.1, torch.Generator().manual_seed(0)
+    )
+    reference = grads_of(net)
+    net.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        parts = dsm_loss_backward(
+            net, x, sigma, sigma.square(), 0.1, torch.Generator().manual_seed(0)
+        )
+    assert parts.total.dtype == torch.float32
+    for low, full in zip(grads_of(net), reference, strict=True):
+        assert low.dtype == torch.float32
+        cosine = torch.nn.functional.cosine_similarity(
+            low.flatten(), full.flatten(), dim=0
+        )
+        assert cosine > 0.99
+
+
+def test_written_out_backward_trains_like_autograd():
+    # Fused Adam reads .grad with the parameter's layout, so a gradient that is
+    # a strided view updates the wrong entries without any error.
+    from mulde.detector import make_adam
+    from mulde.score_matching import autograd_dsm_loss_backward
+
+    data = torch.Generator().manual_seed(5)
+    x = torch.randn(16, 3, generator=data, dtype=torch.float64)
+    sigma = torch.exp(torch.empty(16, dtype=torch.float64).uniform_(-4.0, 0.0))
+    trained = []
+    for step_loss in (dsm_loss_backward, autograd_dsm_loss_backward):
+        net = EnergyMLP(3, (8, 6)).double().train()
+        net.reset_parameters(torch.Generator().manual_seed(0))
+        optimiser = make_adam(net.parameters(), 1e-2)
+        noise = torch.Generator().manual_seed(1)
+        for _ in range(5):
+            optimiser.zero_grad(set_to_none=True)
+            step_loss(net, x, sigma, sigma.square(), 0.1, noise)
+            assert all(p.grad.is_contiguous() for p in net.parameters())
+            optimiser.step()
+        trained.append(list(net.parameters()))
+    for ours, theirs in zip(*trained, strict=True):
+        # Adam divides by the root of the squared gradients, which enlarges
+        # rounding on entries whose gradient is near 0, hence the atol.
+        assert torch.allclose(ours, theirs, rtol=1e-6, atol=1e-6)

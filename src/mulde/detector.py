@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.exceptions import NotFittedError
 from tqdm.auto import tqdm
 
 from mulde.aggregate import LevelAggregator
@@ -26,11 +27,12 @@ from mulde.noise import (
     ImportanceSampler,
     Weighting,
     check_sigma_range,
+    check_weighting,
     evaluation_levels,
     make_weighting,
     sample_log_uniform,
 )
-from mulde.score_matching import dsm_loss, multiscale_energies
+from mulde.score_matching import dsm_loss, dsm_loss_backward, multiscale_energies
 from mulde.validation import check_value_type
 
 logger = logging.getLogger(__name__)
@@ -282,7 +284,12 @@ class MULDE(OutlierMixin, BaseEstimator):
                 "f(x, sigma)^2 (the reference suggests 0.1)."
             )
         # Raises for an unknown name or an invalid sigma0 or s.
-        make_weighting(self.weighting, self.sigma0, self.s)
+        weighting = make_weighting(self.weighting, self.sigma0, self.s)
+        if self.weighting == "gaussian":
+            name = f"gaussian(sigma0={self.sigma0}, s={self.s})"
+        else:
+            name = repr(self.weighting)
+        check_weighting(weighting, float(self.sigma_low), float(self.sigma_high), name)
         if not 0 < self.contamination <= 0.5:
             raise ValueError(f"contamination={self.contamination} must be in (0, 0.5].")
         if not 0 <= self.validation_fraction < 1:
@@ -401,10 +408,15 @@ class MULDE(OutlierMixin, BaseEstimator):
         X_train, X_val = X[np.sort(order[n_val:])], X[np.sort(order[:n_val])]
 
         # Statistics in float64: a float32 variance overflows above about 1e19.
-        self.mean_ = X_train.mean(axis=0, dtype=np.float64).astype(np.float32)
+        mean = X_train.mean(axis=0, dtype=np.float64)
         scale = X_train.std(axis=0, dtype=np.float64)
-        # Constant features would divide by zero; they carry no information.
-        self.scale_ = np.where(scale > 1e-12, scale, 1.0).astype(np.float32)
+        self.mean_ = mean.astype(np.float32)
+        # A feature whose spread is below float32 rounding of its mean (or below
+        # float32's smallest normal number) is constant: dividing by its spread
+        # would only amplify rounding. Any larger spread, however small in
+        # absolute terms, is scaled to 1.
+        constant = scale <= np.maximum(1e-30, 1e-6 * np.abs(mean))
+        self.scale_ = np.where(constant, 1.0, scale).astype(np.float32)
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -491,8 +503,9 @@ class MULDE(OutlierMixin, BaseEstimator):
             for step in range(steps):
                 index = order[step * batch_size : (step + 1) * batch_size]
                 sigma, weight = draw_sigma(index.shape[0])
+                optimiser.zero_grad(set_to_none=True)
                 with autocast(device, self.compute_dtype_):
-                    parts = dsm_loss(
+                    parts = dsm_loss_backward(
                         self.network_,
                         x_train[index],
                         sigma,
@@ -500,8 +513,6 @@ class MULDE(OutlierMixin, BaseEstimator):
                         self.beta,
                         noise_gen,
                     )
-                optimiser.zero_grad(set_to_none=True)
-                parts.total.backward()
                 optimiser.step()
                 sums += torch.stack(
                     [parts.total, parts.score_matching, parts.regulariser]
@@ -561,7 +572,7 @@ class MULDE(OutlierMixin, BaseEstimator):
 
     def _check_fitted(self, attribute: str = "aggregator_") -> None:
         if not hasattr(self, attribute):
-            raise RuntimeError(
+            raise NotFittedError(
                 "This MULDE instance is not fitted yet; call fit(X) or MULDE.load()."
             )
 

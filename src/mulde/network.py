@@ -408,3 +408,28 @@ def autocast(
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def activation_curvature(module: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """Return activation''(z) for the exact GELU, SiLU and Softplus.
+
+    GELU: phi(z) (2 - z^2) with phi the standard normal density. SiLU:
+    s (1 - s) (2 + z (1 - 2 s)) with s = sigmoid(z). Softplus with slope b:
+    b s (1 - s) with s = sigmoid(b z), and 0 where b z exceeds the threshold,
+    where torch's Softplus is the identity.
+    """
+    if isinstance(module, nn.GELU) and module.approximate == "none":
+        u = z.square().mul_(-0.5)
+        curvature = torch.exp(u)
+        curvature.addcmul_(curvature, u)  # exp(u) * (1 + u)
+        return curvature.mul_(_GELU_SECOND_DERIVATIVE_SCALE)
+    if isinstance(module, nn.SiLU):
+        s = torch.sigmoid(z)
+        spread = s * (1 - s)
+        return spread * (2 + z * (1 - 2 * s))
+    if isinstance(module, nn.Softplus):
+        scaled = z * module.beta
+        s = torch.sigmoid(scaled)
+        curvature = s * (1 - s) * module.beta
+        return curvature.masked_fill_(scaled > module.threshold, 0)
+    raise TypeError(f"No explicit second derivative for activation {module!r}.")
