@@ -1,11 +1,20 @@
-"""Shared fixtures: paths of the real data sets beside the repository."""
+"""Shared fixtures: paths of the real data sets.
 
+The data sets are looked for in ../shared/data beside the repository, or in the
+folder that the environment variable MULDE_TEST_DATA names. Tests that need a
+missing file are skipped.
+"""
+
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(
+    os.environ.get("MULDE_TEST_DATA")
+    or Path(__file__).resolve().parents[2] / "shared" / "data"
+)
 PED2 = DATA / "ped2"
 ADBENCH = DATA / "tabular" / "adbench"
 

@@ -253,7 +253,7 @@ def test_cache_folder_that_is_a_file_named(tmp_path):
         ({"features": {"magnitude_edges": 5}}, r"magnitude_edges=5 must be a list"),
         (
             {"features": {"proposals": {"threshold": -5}}},
-            "proposals.threshold must be positive, got -5",
+            "proposals.threshold must be positive and finite, got -5",
         ),
         (
             {"scoring": {"groups": ["velocity", "velocity"]}},
@@ -334,3 +334,160 @@ def test_manifest_with_wrong_clip_entries_ignored(tmp_path):
     path.write_text(json.dumps({"clips": {"train": "oops", "test": {}}}))
 
     assert _read_manifest(path) is None
+
+
+# ------------------------------------------- second breaker round, re-run as tests
+
+
+def test_tiny_spread_features_still_scaled(X):
+    detector = MULDE(**(TINY | {"epochs": 5})).fit(X * 1e-13)
+    assert np.allclose(detector.scale_, X.std(axis=0) * 1e-13, rtol=1e-3)
+    scores = detector.decision_function(np.vstack([X[:1], X[:1] * 1000]) * 1e-13)
+    assert scores[1] > scores[0]
+
+
+def test_constant_feature_keeps_unit_scale(X):
+    X = X.copy()
+    X[:, 1] = 7.0
+    detector = MULDE(**TINY).fit(X)
+    assert detector.scale_[1] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"weighting": "gaussian", "sigma0": 50.0}, "is 0 at every sigma"),
+        ({"weighting": "gaussian", "s": 1e-30}, "is 0 at every sigma"),
+        ({"weighting": lambda sigma: -sigma}, "negative or non-finite"),
+        ({"weighting": lambda sigma: sigma.sum()}, "one weight per sigma"),
+    ],
+)
+def test_useless_weighting_rejected_before_training(X, options, message):
+    with pytest.raises(ValueError, match=message):
+        MULDE(**(TINY | options)).fit(X)
+
+
+@pytest.mark.parametrize(
+    ("options", "name"),
+    [
+        ({"flow_gap": 10**6}, "flow_gap"),
+        ({"flow_gap": 10**21}, "flow_gap"),
+        ({"window": 10**9}, "window"),
+        ({"frame_scale": float("nan")}, "frame_scale"),
+        ({"frame_scale": 1e-9}, "frame_scale"),
+        ({"crop_context": float("nan")}, "crop_context"),
+        ({"magnitude_edges": [float("nan")]}, "magnitude_edges"),
+        ({"magnitude_edges": [1.0, float("inf")]}, "magnitude_edges"),
+        ({"proposals": {"threshold": float("inf")}}, "threshold"),
+    ],
+)
+def test_feature_settings_out_of_range_rejected(options, name):
+    from mulde.features.cache import FeatureConfig
+
+    with pytest.raises(ValueError, match=f"features.*{name}"):
+        FeatureConfig(**options)
+
+
+@pytest.mark.parametrize(
+    ("cells", "message"),
+    [
+        ([np.full((4, 4), np.nan)], "NaN or infinite"),
+        ([np.zeros((0, 0))], "non-empty"),
+        (["abc"], r"non-empty \(H, W\)"),
+        ([np.zeros((4, 4)), np.zeros((5, 4))], "unlike the"),
+    ],
+)
+def test_avenue_masks_checked(tmp_path, cells, message):
+    import scipy.io
+
+    from mulde.video.labels import LabelError, load_mat_labels
+
+    volume = np.empty((1, len(cells)), dtype=object)
+    for index, cell in enumerate(cells):
+        volume[0, index] = cell
+    path = tmp_path / "1_label.mat"
+    scipy.io.savemat(path, {"volLabel": volume})
+    with pytest.raises(LabelError, match=message):
+        load_mat_labels(path)
+
+
+def test_zero_frame_training_video_rejected(tmp_path):
+    import cv2
+
+    from mulde.video.datasets import load_dataset
+    from mulde.video.readers import VideoReadError
+
+    for split in ("train", "test"):
+        (tmp_path / split).mkdir()
+    fourcc = cv2.VideoWriter_fourcc(*"MJPG")
+    for name, n_frames in (("train/01.avi", 5), ("train/02.avi", 0)):
+        writer = cv2.VideoWriter(str(tmp_path / name), fourcc, 10, (32, 32))
+        for _ in range(n_frames):
+            writer.write(np.zeros((32, 32, 3), np.uint8))
+        writer.release()
+    (tmp_path / "test" / "01").mkdir()
+    cv2.imwrite(str(tmp_path / "test" / "01" / "000.png"), np.zeros((32, 32), np.uint8))
+    np.savez(tmp_path / "labels.npz", **{"01": np.zeros(1, np.int8)})
+    with pytest.raises(VideoReadError, match=r"training video .*02\.avi"):
+        load_dataset(
+            "generic",
+            tmp_path,
+            train_dir="train",
+            test_dir="test",
+            labels="labels.npz",
+        )
+
+
+def test_ped1_on_ped2_folder_rejected():
+    from conftest import PED2
+
+    from mulde.video.datasets import load_dataset
+
+    if not PED2.is_dir():
+        pytest.skip(f"{PED2} is not present")
+    with pytest.raises(ValueError, match="looks like UCSD Ped2"):
+        load_dataset("ped1", PED2)
+
+
+def test_clip_name_with_dollars_plots(tmp_path):
+    from mulde.report import plot_clips
+
+    labels = {"a$b$c$": np.r_[np.zeros(5), np.ones(5)]}
+    scores = {"a$b$c$": np.arange(10.0)}
+    plot_clips(tmp_path / "clips.png", scores, scores, labels, {"a$b$c$": 1.0})
+    assert (tmp_path / "clips.png").stat().st_size > 0
+
+
+def test_text_file_named_npz_rejected(tmp_path):
+    from mulde.video.labels import LabelError, load_labels_file
+
+    path = tmp_path / "labels.npz"
+    path.write_text("hello\n")
+    with pytest.raises(LabelError, match=r"not a \.npz archive"):
+        load_labels_file(path)
+
+
+def test_record_array_labels_rejected(tmp_path):
+    from mulde.video.labels import LabelError, load_labels_file
+
+    path = tmp_path / "labels.npz"
+    np.savez(path, a=np.zeros(4, dtype=[("x", "i4"), ("y", "f4")]))
+    with pytest.raises(LabelError, match="record array"):
+        load_labels_file(path)
+
+
+def test_save_onto_folder_or_below_file_rejected(X, tmp_path):
+    detector = MULDE(**TINY).fit(X)
+    with pytest.raises(IsADirectoryError, match="it is a folder"):
+        detector.save(tmp_path)
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
+        detector.save(tmp_path / "a_file" / "model.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_unpack_folder_rejected(tmp_path):
+    from mulde.video.archive import unpack_archive
+
+    with pytest.raises(ValueError, match="is a folder, not an archive"):
+        unpack_archive(tmp_path, tmp_path / "dest", "ped2")

@@ -8,12 +8,12 @@ import cv2
 import numpy as np
 import pytest
 import scipy.io
+from conftest import PED2
 
 from mulde.video.datasets import DATASETS, discover_clips, load_dataset
 from mulde.video.labels import LabelError
 from mulde.video.readers import VideoReadError
 
-PED2 = Path(__file__).parent.parent.parent / "shared" / "data" / "ped2"
 PED2_TEST_LENGTHS = [180, 180, 150, 180, 150, 180, 180, 180, 120, 150, 180, 180]
 needs_ped2 = pytest.mark.skipif(
     not PED2.is_dir(), reason=f"Ped2 data not found at {PED2}"
@@ -268,7 +268,9 @@ def test_generic_mixed_clips_with_csv_labels(tmp_path):
 
 
 def test_generic_requires_labels(tmp_path):
-    with pytest.raises(ValueError, match="generic dataset requires labels"):
+    with pytest.raises(
+        ValueError, match=r"generic dataset requires --labels \(labels\)"
+    ):
         load_dataset("generic", tmp_path, train_dir="train", test_dir="test")
 
 

@@ -265,8 +265,11 @@ def test_wrong_feature_count_at_scoring_raises(fitted):
 
 
 def test_unfitted_detector_raises():
-    with pytest.raises(RuntimeError, match="not fitted yet"):
-        MULDE().decision_function(np.ones((2, 3)))
+    from sklearn.exceptions import NotFittedError
+
+    for method in ("decision_function", "score_samples", "predict"):
+        with pytest.raises(NotFittedError, match="not fitted yet"):
+            getattr(MULDE(), method)(np.ones((2, 3)))
 
 
 def test_load_corrupt_file_raises(fitted, tmp_path):

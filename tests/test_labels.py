@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import scipy.io
+from conftest import PED2
 
 from mulde.video.labels import (
     LabelError,
@@ -25,7 +26,6 @@ from mulde.video.labels import (
     parse_ucsd_m,
 )
 
-PED2 = Path(__file__).parent.parent.parent / "shared" / "data" / "ped2"
 PED2_TEST_LENGTHS = [180, 180, 150, 180, 150, 180, 180, 180, 120, 150, 180, 180]
 needs_ped2 = pytest.mark.skipif(
     not PED2.is_dir(), reason=f"Ped2 data not found at {PED2}"

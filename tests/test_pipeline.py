@@ -104,10 +104,16 @@ def test_second_run_reuses_cached_features(reduced_run, cache_dir, tmp_path, cap
 
 def test_dry_run_prints_config(capsys, tmp_path):
     args = ["run", "--root", "x", "--out", str(tmp_path / "o"), "--dry-run"]
-    assert main(args + ["--weighting", "gaussian", "--sigma0", "0.3"]) == 0
-    config = json.loads(capsys.readouterr().out)
+    options = ["--weighting", "gaussian", "--sigma0", "0.3"]
+    options += ["--aggregation", "level", "--level-index", "15"]
+    assert main(args + options) == 0
+    printed = capsys.readouterr()
+    config = json.loads(printed.out)
     assert config["detector"]["weighting"] == "gaussian"
     assert config["detector"]["sigma0"] == 0.3
+    assert config["detector"]["aggregation"] == "level"
+    assert config["detector"]["level_index"] == 15
+    assert "dataset root x does not exist" in printed.err
     assert not (tmp_path / "o").exists()
 
 
@@ -235,3 +241,12 @@ def test_dry_run_prints_every_feature_setting(capsys):
     assert printed["scoring"]["groups"] == ["velocity", "appearance", "geometry"]
     # The printed configuration is a valid --config file.
     assert RunConfig.from_dict(printed).features == printed["features"]
+
+
+def test_single_class_labels_stop_before_features(generic, tmp_path, capsys):
+    np.savez(generic / "labels.npz", b=np.zeros(10, np.int8))
+    code, err, out = _run_generic(generic, tmp_path, capsys)
+    assert code == 2
+    assert "Every labelled test frame is normal" in err
+    assert not (tmp_path / "cache").exists()
+    assert not out.exists()

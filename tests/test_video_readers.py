@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 from av.error import FFmpegError
+from conftest import PED2
 
 from mulde.video import readers
 from mulde.video.readers import (
@@ -20,7 +21,6 @@ from mulde.video.readers import (
     read_image,
 )
 
-PED2 = Path(__file__).parent.parent.parent / "shared" / "data" / "ped2"
 FRAME_HEIGHT, FRAME_WIDTH = 48, 64
 
 

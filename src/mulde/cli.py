@@ -121,8 +121,15 @@ def _add_run_parser(subparsers) -> None:
     )
     model.add_argument(
         "--aggregation",
-        choices=["gmm", "max", "mean", "median"],
-        help="how the L levels become one score (default gmm)",
+        choices=["gmm", "max", "mean", "median", "level"],
+        help="how the L levels become one score (default gmm); 'level' takes the "
+        "energy at --level-index alone",
+    )
+    model.add_argument(
+        "--level-index",
+        type=int,
+        help="with --aggregation level: which of the L levels scores, from 0 "
+        "(smallest sigma) to L - 1 (largest)",
     )
     model.add_argument(
         "--n-components", type=_positive_int, help="mixture components (default 1)"
@@ -211,6 +218,7 @@ def resolve_run_config(args: argparse.Namespace):
         "n_levels": args.n_levels,
         "level_grid": args.level_grid,
         "aggregation": args.aggregation,
+        "level_index": args.level_index,
         "n_components": args.n_components,
         "device": args.device,
     }
@@ -240,6 +248,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.dry_run:
         config.resolve_defaults()
         print(json.dumps(config.to_dict(), indent=2))
+        root = config.dataset.root
+        if root is not None and not Path(root).expanduser().is_dir():
+            print(
+                f"mulde run: note: dataset root {root} does not exist; a run "
+                "with this configuration would stop there.",
+                file=sys.stderr,
+            )
         return 0
     # The string, not Path(args.out): Path('') is '.', which hides an empty --out.
     metrics = run(config, args.out)

@@ -100,6 +100,37 @@ def make_weighting(
     )
 
 
+def check_weighting(
+    weighting: Weighting, sigma_low: float, sigma_high: float, name: str
+) -> None:
+    """Raise ValueError unless ``weighting`` can train on [sigma_low, sigma_high].
+
+    It is evaluated in float32, as in training, on 1,025 levels spaced evenly in
+    log(sigma). It must return one finite, non-negative weight per level, and not
+    0 at all of them. ``name`` describes the weighting in the message.
+    """
+    sigma = torch.exp(
+        torch.linspace(math.log(sigma_low), math.log(sigma_high), 1025)
+    ).float()
+    weights = torch.as_tensor(weighting(sigma))
+    if weights.shape != sigma.shape:
+        raise ValueError(
+            f"The weighting {name} returned shape {tuple(weights.shape)} for "
+            f"{sigma.shape[0]} sigmas; it must return one weight per sigma."
+        )
+    if not torch.isfinite(weights).all() or (weights < 0).any():
+        raise ValueError(
+            f"The weighting {name} returned negative or non-finite weights on "
+            f"[{sigma_low}, {sigma_high}]; weights must be finite and >= 0."
+        )
+    if not (weights > 0).any():
+        raise ValueError(
+            f"The weighting {name} is 0 at every sigma in [{sigma_low}, "
+            f"{sigma_high}], so the score-matching loss would be 0; for the "
+            "gaussian weighting, move sigma0 inside the range or widen s."
+        )
+
+
 def sample_log_uniform(
     n: int, sigma_low: float, sigma_high: float, generator: torch.Generator
 ) -> torch.Tensor:

@@ -66,6 +66,17 @@ def save_detector(detector, path: Path) -> Path:
 
     if not hasattr(detector, "aggregator_"):
         raise RuntimeError("Only a fitted detector can be saved; call fit(X) first.")
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"Cannot save the detector to {path}: it is a folder; pass a file path "
+            "such as detector.safetensors."
+        )
+    blocking = next((p for p in path.parents if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise NotADirectoryError(
+            f"Cannot save the detector to {path}: {blocking} is a file, not a "
+            "folder; choose another path."
+        )
     params = detector.get_params()
     if callable(params["weighting"]):
         raise ValueError(

@@ -80,11 +80,25 @@ def _stack(features: dict, group: str) -> np.ndarray:
     return np.concatenate([clip.groups[group] for clip in features.values()], axis=0)
 
 
-def _fit_pca(rows: np.ndarray, n_components: int | None, seed: int) -> PCA | None:
+def _fit_pca(
+    rows: np.ndarray, n_components: int | None, seed: int, group: str
+) -> PCA | None:
     if n_components is None or rows.shape[1] <= n_components:
         return None
     n_components = min(n_components, rows.shape[0])
-    return PCA(n_components=n_components, random_state=seed).fit(rows)
+    start = time.perf_counter()
+    pca = PCA(n_components=n_components, random_state=seed).fit(rows)
+    logger.info(
+        "PCA of %s: %d rows x %d columns -> %d components (%.0f%% of the "
+        "variance) in %.1f s",
+        group,
+        rows.shape[0],
+        rows.shape[1],
+        n_components,
+        100 * pca.explained_variance_ratio_.sum(),
+        time.perf_counter() - start,
+    )
+    return pca
 
 
 def fit_models(train: dict, config: RunConfig) -> list[GroupModel]:
@@ -116,7 +130,7 @@ def fit_models(train: dict, config: RunConfig) -> list[GroupModel]:
     models = []
     for groups in partitions:
         pcas = [
-            _fit_pca(_stack(train, g), options.pca_components, config.seed)
+            _fit_pca(_stack(train, g), options.pca_components, config.seed, g)
             for g in groups
         ]
         model = GroupModel(groups, pcas, detector=None)  # type: ignore[arg-type]
@@ -307,6 +321,15 @@ def run(config: RunConfig, out: Path) -> dict:
                 f"{len(shared)} clip(s) are both training and test clips, for "
                 f"example {shared[0]}; a detector fitted on test clips scores them "
                 "as normal. Give separate training and test folders."
+            )
+        classes = np.unique(np.concatenate([c.labels for c in test_clips]))
+        if classes.size < 2:
+            kind = "anomalous" if classes[0] else "normal"
+            raise ValueError(
+                f"Every labelled test frame is {kind} (labels from "
+                f"{options.labels or dataset.root}), so frame AUC is undefined. "
+                "Check the labels, or include test clips with both normal and "
+                "anomalous frames."
             )
         dataset = type(dataset)(dataset.name, dataset.root, train_clips, test_clips)
         logger.info(

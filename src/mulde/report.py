@@ -74,7 +74,8 @@ def plot_clips(
         ax.plot(frames, raw[clip], color="tab:grey", linewidth=0.7)
         ax.plot(frames, smoothed[clip], color="tab:blue", linewidth=1.2)
         title = clip if clip not in clip_auc else f"{clip}, AUC {clip_auc[clip]:.3f}"
-        ax.set_title(title, fontsize=9)
+        # Clip names come from file names: "$" must not start matplotlib maths.
+        ax.set_title(title, fontsize=9, parse_math=False)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(clips) :]:
         ax.axis("off")

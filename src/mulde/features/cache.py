@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -61,6 +62,10 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 # Cells smaller than 4 px hold too few pixels for a speed percentile and give
 # hundreds of rows per frame. A cell beyond 512 px is larger than most frames.
 MIN_GRID_CELL, MAX_GRID_CELL = 4, 512
+# Validity bounds, not tuned values: beyond them a setting is a typing slip.
+MAX_FRAME_SPAN = 1000  # flow_gap and window, in frames
+MAX_CROP_CONTEXT = 10.0
+MIN_FRAME_SCALE, MAX_FRAME_SCALE = 0.01, 16.0
 FRAME_POOLINGS = ("meanmax", "grid2")
 MANIFEST_NAME = "manifest.json"
 # FeatureConfig fields that change speed but not the features, left out of the hash.
@@ -301,9 +306,11 @@ class FeatureConfig:
         increasing = all(
             low < high for low, high in zip(edges[:-1], edges[1:], strict=True)
         )
-        if not increasing or (edges and edges[0] <= 0):
+        finite = all(math.isfinite(edge) for edge in edges)
+        if not finite or not increasing or (edges and edges[0] <= 0):
             raise ValueError(
-                f"magnitude_edges must be positive and increasing, got {edges}"
+                f"features.magnitude_edges must be finite, positive and increasing "
+                f"(pixels per frame), got {edges}"
             )
 
         for name in (
@@ -317,6 +324,12 @@ class FeatureConfig:
                 raise ValueError(
                     f"{name} must be at least 1, got {getattr(self, name)}"
                 )
+        for name in ("flow_gap", "window"):
+            if getattr(self, name) > MAX_FRAME_SPAN:
+                raise ValueError(
+                    f"features.{name} must be at most {MAX_FRAME_SPAN} frames, got "
+                    f"{getattr(self, name)}"
+                )
         if not MIN_GRID_CELL <= self.grid_cell <= MAX_GRID_CELL:
             raise ValueError(
                 f"features.grid_cell must be between {MIN_GRID_CELL} and "
@@ -327,9 +340,11 @@ class FeatureConfig:
             resolve_device(self.device)
         except ValueError as error:
             raise ValueError(f"features.device: {error}") from error
-        if self.crop_context < 0:
+        if not 0 <= self.crop_context <= MAX_CROP_CONTEXT:
             raise ValueError(
-                f"crop_context must be non-negative, got {self.crop_context}"
+                f"features.crop_context must be between 0 and {MAX_CROP_CONTEXT} "
+                f"(the fraction by which the square around each box grows), got "
+                f"{self.crop_context}"
             )
         for name in ("backbone_workers", "torch_threads"):
             value = getattr(self, name)
@@ -341,8 +356,12 @@ class FeatureConfig:
                 f"{self.grid_min_foreground}"
             )
         _check_choice("precision", self.precision, PRECISIONS)
-        if self.frame_scale <= 0:
-            raise ValueError(f"frame_scale must be positive, got {self.frame_scale}")
+        if not MIN_FRAME_SCALE <= self.frame_scale <= MAX_FRAME_SCALE:
+            raise ValueError(
+                f"features.frame_scale must be between {MIN_FRAME_SCALE} and "
+                f"{MAX_FRAME_SCALE} (the resize factor of each frame), got "
+                f"{self.frame_scale}"
+            )
 
     def to_dict(self) -> dict:
         """Return the settings as a JSON-compatible dict."""

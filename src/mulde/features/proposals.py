@@ -21,6 +21,7 @@ the frame.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 
@@ -102,9 +103,9 @@ class ProposalConfig:
                 f"unknown proposal method {self.method!r}; valid methods: "
                 f"{', '.join(PROPOSAL_METHODS)}"
             )
-        if not self.threshold > 0:
+        if not 0 < self.threshold < math.inf:
             raise ValueError(
-                f"features.proposals.threshold must be positive, got "
+                f"features.proposals.threshold must be positive and finite, got "
                 f"{self.threshold}; with the median and diff methods it is the "
                 "grey-level difference (0 to 255) above which a pixel counts as "
                 "foreground"

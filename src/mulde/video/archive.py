@@ -145,6 +145,12 @@ def unpack_archive(
     _source(source_name)
     archive = Path(archive)
     dest = Path(dest)
+    if archive.is_dir():
+        raise ValueError(
+            f"{archive} is a folder, not an archive. Pass the downloaded .zip or "
+            f".tar.gz file, or give the folder to `mulde run --root` if it already "
+            "holds the unpacked dataset."
+        )
     if not archive.is_file():
         raise FileNotFoundError(f"Archive not found: {archive}")
     if dest.exists() and not dest.is_dir():

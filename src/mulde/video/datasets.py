@@ -21,7 +21,12 @@ from mulde.video.labels import (
     load_mask_folder_labels,
     natural_sort_key,
 )
-from mulde.video.readers import VideoReadError, count_frames, is_video_file
+from mulde.video.readers import (
+    VideoReadError,
+    count_frames,
+    is_video_file,
+    iter_frames,
+)
 
 DATASETS = ("ped1", "ped2", "avenue", "shanghaitech", "generic")
 
@@ -114,19 +119,47 @@ def load_dataset(
         )
     root = Path(root).expanduser()
     if not root.is_dir():
+        from mulde.video.archive import DATASET_SOURCES  # archive imports us
+
+        hint = (
+            f" `mulde data {key}` says where to get it and unpacks it."
+            if key in DATASET_SOURCES
+            else ""
+        )
         raise FileNotFoundError(
-            f"Dataset root not found: {root}. Expected a folder with "
-            f"{_EXPECTED_LAYOUTS[key]}."
+            f"Dataset root not found: {root} (absolute: {root.absolute()}). "
+            f"Expected a folder with {_EXPECTED_LAYOUTS[key]}.{hint}"
         )
 
     layout = _resolve_layout(key, root, train_dir, test_dir, labels)
     train = discover_clips(layout.train_dir)
-    for clip in train:
-        # Counting is cheap for frame folders and raises for an empty one.
-        if clip.source.is_dir():
-            count_frames(clip.source)
-    test = _label_test_clips(key, layout, discover_clips(layout.test_dir))
+    test_clips = discover_clips(layout.test_dir)
+    for split, clips in (("training", train), ("test", test_clips)):
+        for clip in clips:
+            _check_has_frames(clip, split)
+    test = _label_test_clips(key, layout, test_clips)
     return VideoDataset(name=key, root=layout.root, train=train, test=test)
+
+
+def _check_has_frames(clip: Clip, split: str) -> None:
+    """Raise VideoReadError if a clip has no frames, before any work is done.
+
+    Counting is cheap for frame folders and raises for an empty one. For video
+    files only the first frame is decoded: counting could decode the whole file.
+    """
+    if clip.source.is_dir():
+        count_frames(clip.source)
+        return
+    frames = iter_frames(clip.source)
+    try:
+        first = next(frames, None)
+    finally:
+        frames.close()
+    if first is None:
+        raise VideoReadError(
+            f"The {split} video {clip.source} contains no frames; re-export it or "
+            "remove it from the folder."
+        )
 
 
 def locate_dataset_root(
@@ -216,9 +249,9 @@ def _resolve_layout(
         missing = [
             argument
             for argument, value in (
-                ("train_dir", train_dir),
-                ("test_dir", test_dir),
-                ("labels", labels),
+                ("--train-dir (train_dir)", train_dir),
+                ("--test-dir (test_dir)", test_dir),
+                ("--labels (labels)", labels),
             )
             if value is None
         ]
@@ -245,8 +278,8 @@ def _resolve_layout(
         labels=root / labels if labels is not None else None,
     )
     for argument, path in (
-        ("train_dir", layout.train_dir),
-        ("test_dir", layout.test_dir),
+        ("--train-dir (train_dir)", layout.train_dir),
+        ("--test-dir (test_dir)", layout.test_dir),
     ):
         if not path.is_dir():
             raise FileNotFoundError(
@@ -270,6 +303,19 @@ def _find_layout(name: str, root: Path) -> _Layout | None:
 
 def _find_ucsd_layout(name: str, root: Path) -> _Layout | None:
     folder = _UCSD_FOLDERS[name]
+    (other,) = (key for key in _UCSD_FOLDERS if key != name)
+    other_folder = _UCSD_FOLDERS[other]
+    named_other = root.name.lower() in (other, other_folder.lower())
+    other_m_file = (root / f"{other_folder}.m").is_file() and not (
+        root / f"{folder}.m"
+    ).is_file()
+    if named_other or other_m_file:
+        raise ValueError(
+            f"{root} looks like UCSD {other_folder[4:].capitalize()} "
+            f"({'its name' if named_other else f'it holds {other_folder}.m'}), "
+            f"not {folder[4:].capitalize()}; use the dataset name {other}, or point "
+            f"at a {folder} copy."
+        )
     for base in (root / folder, root):
         if (base / "Train").is_dir() and (base / "Test").is_dir():
             return _Layout(base, base / "Train", base / "Test")

@@ -204,9 +204,33 @@ def load_mat_labels(path: str | os.PathLike[str]) -> np.ndarray:
             f"'volLabel' in {path} is a {cells.dtype} array of shape {cells.shape}, "
             "not a cell array of per-frame masks."
         )
-    return np.array(
-        [np.any(np.asarray(mask) != 0) for mask in cells.ravel()], dtype=np.int8
-    )
+    labels = []
+    shape = None
+    for index, cell in enumerate(cells.ravel()):
+        mask = np.asarray(cell)
+        if mask.ndim != 2 or mask.size == 0:
+            raise LabelError(
+                f"'volLabel' cell {index} in {path} has shape {mask.shape}; "
+                "expected a non-empty (H, W) mask per frame."
+            )
+        if not (np.issubdtype(mask.dtype, np.number) or mask.dtype == bool):
+            raise LabelError(
+                f"'volLabel' cell {index} in {path} holds {mask.dtype} values; "
+                "expected a numeric or logical mask."
+            )
+        if not np.isfinite(mask).all():
+            raise LabelError(
+                f"'volLabel' cell {index} in {path} contains NaN or infinite "
+                "values; expected 0 for normal and nonzero for anomalous pixels."
+            )
+        if shape is not None and mask.shape != shape:
+            raise LabelError(
+                f"'volLabel' cell {index} in {path} has shape {mask.shape}, "
+                f"unlike the {shape} of the cells before it."
+            )
+        shape = mask.shape
+        labels.append(np.any(mask != 0))
+    return np.array(labels, dtype=np.int8)
 
 
 def labels_from_masks(masks: np.ndarray) -> np.ndarray:
@@ -481,6 +505,7 @@ def _read_text(path: Path) -> str:
 
 
 def _load_npy(path: Path) -> np.ndarray:
+    _check_magic(path, b"\x93NUMPY", ".npy file", "numpy.save")
     try:
         return np.load(path, allow_pickle=False)
     except FileNotFoundError:
@@ -505,7 +530,28 @@ def _npy_is_object_array(path: Path) -> bool:
     return dtype.hasobject
 
 
+def _check_magic(path: Path, magic: bytes, kind: str, writer: str) -> None:
+    """Raise LabelError if ``path`` does not start with ``magic``.
+
+    np.load reads any other file as a pickle, so its error would suggest
+    allow_pickle for what is only a file of the wrong type.
+    """
+    try:
+        with path.open("rb") as handle:
+            start = handle.read(len(magic))
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise LabelError(f"Cannot read labels file {path}: {error}") from error
+    if start != magic:
+        raise LabelError(
+            f"{path} is not a {kind} (its first bytes are {start!r}); write the "
+            f"labels with {writer}."
+        )
+
+
 def _open_npz(path: Path):
+    _check_magic(path, b"PK", ".npz archive", "numpy.savez(path, **{clip: labels})")
     try:
         return np.load(path, allow_pickle=False)
     except FileNotFoundError:
@@ -516,6 +562,11 @@ def _open_npz(path: Path):
 
 def _as_label_vector(array: np.ndarray, description: str) -> np.ndarray:
     array = np.asarray(array)
+    if array.dtype.names is not None:
+        raise LabelError(
+            f"{description} is a record array with fields {array.dtype.names}; "
+            "expected a plain array of 0 and 1."
+        )
     if array.ndim == 2 and 1 in array.shape:
         array = array.reshape(-1)
     if array.ndim != 1:
