@@ -51,9 +51,9 @@ from mulde.noise import sample_log_uniform, sigma2_weighting
 from mulde.score_matching import (
     autograd_dsm_loss_backward,
     dsm_loss,
-    dsm_loss_backward,
     first_layer_all_levels,
     multiscale_energies,
+    select_backward,
 )
 
 
@@ -356,9 +356,9 @@ def build_train(config, implementation, device, dtype):
     noise_gen = torch.Generator(device=device).manual_seed(3)
     # "mulde" and "mulde_autograd" run MULDE._train's step. The others run
     # autograd's backward over dsm_loss, whose input gradient is written out
-    # ("input_gradient_only", the default before the written-out backward) or
+    # ("input_gradient_only", which MULDE uses below WRITTEN_OUT_MIN_WIDTH) or
     # compiled.
-    step_loss = dsm_loss_backward
+    step_loss = select_backward(net)
     if implementation == "input_gradient_only":
         step_loss = autograd_dsm_loss_backward
     elif implementation == "mulde_compiled":

@@ -12,9 +12,10 @@ Run from the repository root::
     python -m benchmarks.precision_auc --hidden-sizes 4096 4096 \\
         --batch-size 2048 --learning-rate 1e-4 --epochs 100 --seeds 0
 
-``--backward autograd`` trains with autograd's backward pass over the loss (the
-path before the written-out backward of ``mulde.score_matching``), so that two
-runs compare the two paths seed by seed.
+``--backward written_out`` and ``--backward autograd`` force the written-out
+backward of ``mulde.score_matching`` or autograd's over the loss, so that two
+runs compare the two paths seed by seed; by default MULDE picks one by the
+network's width (``select_backward``).
 
 ``--precision-a auto`` is bfloat16 only where ``mulde.network.resolve_precision``
 picks it (CUDA, or a CPU with AMX); elsewhere both runs are float32, which the
@@ -37,7 +38,7 @@ from sklearn.metrics import roc_auc_score
 import mulde.detector
 from mulde import MULDE
 from mulde.network import dtype_name, resolve_device, resolve_precision
-from mulde.score_matching import autograd_dsm_loss_backward
+from mulde.score_matching import autograd_dsm_loss_backward, dsm_loss_backward
 
 DEFAULT_DATA = (
     Path(__file__).resolve().parents[2]
@@ -108,10 +109,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--backward",
-        choices=["written_out", "autograd"],
-        default="written_out",
-        help="training backward pass: MULDE's written-out one (default) or "
-        "autograd's over the loss",
+        choices=["auto", "written_out", "autograd"],
+        default="auto",
+        help="training backward pass: MULDE's choice by network width (default), "
+        "the written-out one, or autograd's over the loss",
     )
     parser.add_argument("--out", type=Path, help="also write the results as JSON")
     return parser.parse_args(argv)
@@ -121,9 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    if args.backward == "autograd":
+    if args.backward != "auto":
         # MULDE._train calls the name it imported into mulde.detector.
-        mulde.detector.dsm_loss_backward = autograd_dsm_loss_backward
+        chosen = {
+            "written_out": dsm_loss_backward,
+            "autograd": autograd_dsm_loss_backward,
+        }[args.backward]
+        mulde.detector.select_backward = lambda net: chosen
     X_fit, X_test, y_test = one_class_split(args.data)
     device = resolve_device(args.device)
     base = {

@@ -362,3 +362,17 @@ def test_written_out_backward_trains_like_autograd():
         # Adam divides by the root of the squared gradients, which enlarges
         # rounding on entries whose gradient is near 0, hence the atol.
         assert torch.allclose(ours, theirs, rtol=1e-6, atol=1e-6)
+
+
+def test_training_backward_chosen_by_width():
+    from mulde.score_matching import (
+        WRITTEN_OUT_MIN_WIDTH,
+        autograd_dsm_loss_backward,
+        select_backward,
+    )
+
+    wide = (WRITTEN_OUT_MIN_WIDTH, 8)
+    assert select_backward(EnergyMLP(3, wide)) is dsm_loss_backward
+    assert select_backward(EnergyMLP(3, (64, 48))) is autograd_dsm_loss_backward
+    normed = EnergyMLP(3, wide, layer_norm=True)
+    assert select_backward(normed) is autograd_dsm_loss_backward

@@ -32,7 +32,7 @@ from mulde.noise import (
     make_weighting,
     sample_log_uniform,
 )
-from mulde.score_matching import dsm_loss, dsm_loss_backward, multiscale_energies
+from mulde.score_matching import dsm_loss, multiscale_energies, select_backward
 from mulde.validation import check_value_type
 
 logger = logging.getLogger(__name__)
@@ -496,6 +496,7 @@ class MULDE(OutlierMixin, BaseEstimator):
             leave=False,
         )
         self.network_.train()
+        loss_backward = select_backward(self.network_)
         for epoch in range(1, self.epochs + 1):
             start = time.perf_counter()
             order = torch.randperm(n, generator=cpu_gen).to(device)
@@ -505,7 +506,7 @@ class MULDE(OutlierMixin, BaseEstimator):
                 sigma, weight = draw_sigma(index.shape[0])
                 optimiser.zero_grad(set_to_none=True)
                 with autocast(device, self.compute_dtype_):
-                    parts = dsm_loss_backward(
+                    parts = loss_backward(
                         self.network_,
                         x_train[index],
                         sigma,
