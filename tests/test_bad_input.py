@@ -358,6 +358,8 @@ def test_constant_feature_keeps_unit_scale(X):
     [
         ({"weighting": "gaussian", "sigma0": 50.0}, "is 0 at every sigma"),
         ({"weighting": "gaussian", "s": 1e-30}, "is 0 at every sigma"),
+        ({"weighting": "sigma2", "sigma0": float("nan")}, "sigma0=nan must be"),
+        ({"weighting": "sigma2", "s": float("inf")}, "s=inf must be"),
         ({"weighting": lambda sigma: -sigma}, "negative or non-finite"),
         ({"weighting": lambda sigma: sigma.sum()}, "one weight per sigma"),
     ],

@@ -224,7 +224,7 @@ def test_naive_mixture_on_collinear_levels_is_ill_conditioned(cardio_split):
         ({"sigma_low": 0.0}, "sigma_low=0.0 must be > 0"),
         ({"sigma_low": -1.0}, "sigma_low=-1.0 must be > 0"),
         ({"beta": -0.1}, "beta=-0.1 must be >= 0"),
-        ({"weighting": "gaussian", "s": 0.0}, "s=0.0 must be > 0"),
+        ({"weighting": "gaussian", "s": 0.0}, "s=0.0 must be a positive finite"),
         ({"weighting": "triangle"}, "Unknown weighting 'triangle'"),
         ({"epochs": 0}, "epochs=0 must be a positive integer"),
         ({"contamination": 0.9}, "contamination=0.9"),

@@ -250,3 +250,13 @@ def test_single_class_labels_stop_before_features(generic, tmp_path, capsys):
     assert "Every labelled test frame is normal" in err
     assert not (tmp_path / "cache").exists()
     assert not out.exists()
+
+
+def test_out_inside_clip_folder_rejected(generic, tmp_path, capsys):
+    out = generic / "train" / "run"
+    args = ["run", "--dataset", "generic", "--root", str(generic), "--out", str(out)]
+    args += ["--train-dir", "train", "--test-dir", "test", "--labels", "labels.npz"]
+    args += ["--cache-dir", str(tmp_path / "cache")] + REDUCED
+    assert main(args) == 2
+    assert "inside the clip folder" in capsys.readouterr().err
+    assert not out.exists()

@@ -283,6 +283,14 @@ class MULDE(OutlierMixin, BaseEstimator):
                 f"beta={self.beta} must be >= 0; it weights the regulariser "
                 "f(x, sigma)^2 (the reference suggests 0.1)."
             )
+        # Checked for every weighting, so that config.json never records NaN.
+        for name in ("sigma0", "s"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(
+                    f"{name}={value} must be a positive finite number; it sets "
+                    "the gaussian weighting."
+                )
         # Raises for an unknown name or an invalid sigma0 or s.
         weighting = make_weighting(self.weighting, self.sigma0, self.s)
         if self.weighting == "gaussian":

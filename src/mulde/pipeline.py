@@ -322,6 +322,15 @@ def run(config: RunConfig, out: Path) -> dict:
                 f"example {shared[0]}; a detector fitted on test clips scores them "
                 "as normal. Give separate training and test folders."
             )
+        clip_folders = {Path(c.source).resolve().parent for c in dataset.train}
+        clip_folders |= {Path(c.source).resolve().parent for c in dataset.test}
+        for folder in sorted(clip_folders):
+            if out.resolve().is_relative_to(folder):
+                raise ValueError(
+                    f"--out {out} is inside the clip folder {folder}, so the next "
+                    "run would read the run folder as a clip; choose an --out "
+                    "outside the dataset's clip folders."
+                )
         classes = np.unique(np.concatenate([c.labels for c in test_clips]))
         if classes.size < 2:
             kind = "anomalous" if classes[0] else "normal"

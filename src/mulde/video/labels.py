@@ -215,7 +215,7 @@ def load_mat_labels(path: str | os.PathLike[str]) -> np.ndarray:
             )
         if not (np.issubdtype(mask.dtype, np.number) or mask.dtype == bool):
             raise LabelError(
-                f"'volLabel' cell {index} in {path} holds {mask.dtype} values; "
+                f"'volLabel' cell {index} in {path} contains {mask.dtype} values; "
                 "expected a numeric or logical mask."
             )
         if not np.isfinite(mask).all():
