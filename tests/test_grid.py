@@ -206,3 +206,29 @@ def test_cell_velocity_matches_numpy_percentile(shape, cell):
         speeds = magnitude[block][mask[block] > 0]
         assert features[index, 0] == pytest.approx(speeds.mean(), rel=1e-5)
         assert features[index, 1] == pytest.approx(np.percentile(speeds, 90), rel=1e-5)
+
+
+def test_backbone_scale_keeps_cells_changes_appearance(backbone):
+    frames = moving_square(12, speed=2.0)
+    base = {"batch_size": 8, "precision": "float32", "flow_preset": "medium"}
+    base["proposals"] = ProposalConfig(method="median", background_frames=12)
+    plain = extract_grid_features(lambda: iter(frames), FeatureConfig(**base), backbone)
+    scaled = extract_grid_features(
+        lambda: iter(frames), FeatureConfig(**base, grid_backbone_scale=2.0), backbone
+    )
+
+    np.testing.assert_array_equal(scaled.boxes, plain.boxes)
+    np.testing.assert_array_equal(scaled.groups["velocity"], plain.groups["velocity"])
+    assert scaled.groups["appearance"].shape == plain.groups["appearance"].shape
+    difference = scaled.groups["appearance"] - plain.groups["appearance"]
+    assert np.abs(difference).mean() > 0.01
+
+
+def test_backbone_scale_keys_cache_only_when_changed():
+    default = FeatureConfig()
+    assert "grid_backbone_scale" in default.to_dict()
+    assert cache_folder("c", default) == cache_folder("c", FeatureConfig())
+    scaled = FeatureConfig(grid_backbone_scale=2.0)
+    assert cache_folder("c", scaled) != cache_folder("c", default)
+    with pytest.raises(ValueError, match="grid_backbone_scale"):
+        FeatureConfig(grid_backbone_scale=0.0)

@@ -229,6 +229,10 @@ class FeatureConfig:
     grid_min_foreground : float
         Share of a cell's pixels that must be foreground for the cell to become a
         row (grid mode).
+    grid_backbone_scale : float
+        Factor by which each frame is resized before the backbone sees it (grid
+        mode). Above 1, small objects cover more of the stride-32 feature map,
+        at about the square of the factor in backbone time.
     window : int
         Number of frames that frame-centric features are averaged over (frame
         mode); 1 disables averaging.
@@ -279,6 +283,7 @@ class FeatureConfig:
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
     grid_cell: int = 20
     grid_min_foreground: float = 0.1
+    grid_backbone_scale: float = 1.0
     window: int = 5
     window_mode: str = "centered"
     frame_pooling: str = "meanmax"
@@ -356,6 +361,12 @@ class FeatureConfig:
                 f"{self.grid_min_foreground}"
             )
         _check_choice("precision", self.precision, PRECISIONS)
+        if not MIN_FRAME_SCALE <= self.grid_backbone_scale <= MAX_FRAME_SCALE:
+            raise ValueError(
+                f"features.grid_backbone_scale must be between {MIN_FRAME_SCALE} "
+                f"and {MAX_FRAME_SCALE} (the resize factor of each frame for the "
+                f"backbone), got {self.grid_backbone_scale}"
+            )
         if not MIN_FRAME_SCALE <= self.frame_scale <= MAX_FRAME_SCALE:
             raise ValueError(
                 f"features.frame_scale must be between {MIN_FRAME_SCALE} and "
@@ -403,6 +414,9 @@ class FeatureConfig:
         values = self.to_dict()
         for name in _RUNTIME_FIELDS:
             values.pop(name)
+        # Added later: left out at its default, so that older caches stay valid.
+        if self.grid_backbone_scale == 1.0:
+            values.pop("grid_backbone_scale")
         # "auto" resolves by machine, and features of another dtype differ.
         values["precision"] = dtype_name(self.compute_dtype())
         values["extractor_version"] = EXTRACTOR_VERSION

@@ -256,7 +256,12 @@ def extract_grid_features(
         _iter_frame_cells(source, config),
         config,
         lambda frames, workers: _sample_appearance(
-            frames, backbone, config.batch_size, workers, on_frame
+            frames,
+            backbone,
+            config.batch_size,
+            workers,
+            on_frame,
+            config.grid_backbone_scale,
         ),
     )
     return _assemble(done, appearance, backbone.dim)
@@ -268,11 +273,25 @@ def _sample_appearance(
     batch_size: int,
     workers: int,
     on_frame: Callable[[], None] | None,
+    scale: float = 1.0,
 ) -> tuple[list[_FrameCells], list[np.ndarray]]:
-    """Run the backbone on batches of frames and sample each map at its cells."""
+    """Run the backbone on batches of frames and sample each map at its cells.
+
+    ``scale`` resizes each frame before the backbone.
+    """
 
     def sample(batch: list[_FrameCells]) -> list[np.ndarray]:
-        maps = backbone.feature_map(np.stack([item.rgb for item in batch]))
+        images = [item.rgb for item in batch]
+        if scale != 1.0:
+            # Map positions are relative to the frame, so the cells' pixel
+            # centres need no rescaling.
+            images = [
+                cv2.resize(
+                    rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR
+                )
+                for rgb in images
+            ]
+        maps = backbone.feature_map(np.stack(images))
         return [
             sample_feature_map(feature_map, item.centres, item.rgb.shape[:2])
             for feature_map, item in zip(maps, batch, strict=True)
