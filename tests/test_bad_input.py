@@ -493,3 +493,55 @@ def test_unpack_folder_rejected(tmp_path):
 
     with pytest.raises(ValueError, match="is a folder, not an archive"):
         unpack_archive(tmp_path, tmp_path / "dest", "ped2")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: t.__setitem__("mean", t["mean"][:3].clone()), "mean has shape"),
+        (lambda t: t.__setitem__("scale", t["scale"] * 0), "scale has values <= 0"),
+        (lambda t: t.__setitem__("levels", t["levels"][:3].clone()), "levels has"),
+        (lambda t: t.pop("aggregator.gmm_means"), "damaged aggregator arrays"),
+    ],
+)
+def test_edited_model_arrays_rejected(X, tmp_path, edit, message):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    good = tmp_path / "good.safetensors"
+    MULDE(**TINY).fit(X).save(good)
+    with safe_open(str(good), framework="pt") as reader:
+        tensors = {key: reader.get_tensor(key) for key in reader.keys()}
+        metadata = reader.metadata()
+    edit(tensors)
+    edited = tmp_path / "edited.safetensors"
+    save_file(tensors, str(edited), metadata=metadata)
+    with pytest.raises(ValueError, match=message):
+        MULDE.load(edited)
+
+
+def test_model_header_that_is_a_list_rejected(X, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    good = tmp_path / "good.safetensors"
+    MULDE(**TINY).fit(X).save(good)
+    with safe_open(str(good), framework="pt") as reader:
+        tensors = {key: reader.get_tensor(key) for key in reader.keys()}
+    edited = tmp_path / "edited.safetensors"
+    save_file(tensors, str(edited), metadata={"mulde": "[1, 2]"})
+    with pytest.raises(ValueError, match="a JSON list, not an object"):
+        MULDE.load(edited)
+
+
+def test_unpack_below_a_file_rejected(tmp_path):
+    import tarfile
+
+    from mulde.video.archive import unpack_archive
+
+    archive = tmp_path / "a.tar.gz"
+    with tarfile.open(archive, "w:gz"):
+        pass
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ValueError, match="Choose a writable --dest"):
+        unpack_archive(archive, tmp_path / "a_file" / "dest", "ped2")

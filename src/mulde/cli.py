@@ -258,6 +258,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     # The string, not Path(args.out): Path('') is '.', which hides an empty --out.
     metrics = run(config, args.out)
+    if config.verbose >= 1 and sys.stdout.isatty() and sys.stderr.isatty():
+        return 0  # the log's last line already showed the result on this terminal
     macro = "n/a" if metrics["macro_auc"] is None else f"{metrics['macro_auc']:.4f}"
     print(
         f"micro AUC {metrics['micro_auc']:.4f}  macro AUC {macro}"

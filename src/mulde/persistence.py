@@ -9,6 +9,7 @@ parses JSON and raw arrays, so it executes nothing from the file.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -140,6 +141,12 @@ def load_detector(path: Path, device: str = "auto"):
         raise ValueError(
             f"Model file {path} has no mulde header; it was not written by MULDE.save."
         ) from error
+    if not isinstance(header, dict):
+        raise ValueError(
+            f"Model file {path} has a damaged mulde header (a JSON "
+            f"{type(header).__name__}, not an object); save the detector again "
+            "with MULDE.save."
+        )
     if header.get("format") != FORMAT or header.get("format_version") != FORMAT_VERSION:
         raise ValueError(
             f"Model file {path} has format {header.get('format')!r} version "
@@ -167,6 +174,7 @@ def load_detector(path: Path, device: str = "auto"):
         detector.levels_ = tensors.pop("levels").numpy()
         detector.decision_scores_ = tensors.pop("decision_scores").numpy()
         detector.labels_ = (detector.decision_scores_ > detector.threshold_).astype(int)
+        _check_loaded_arrays(detector)
 
         network = EnergyMLP(
             detector.n_features_in_,
@@ -177,7 +185,7 @@ def load_detector(path: Path, device: str = "auto"):
         )
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise ValueError(
-            f"Model file {path} has a damaged mulde header "
+            f"Model file {path} has a damaged mulde header or arrays "
             f"({type(error).__name__}: {error}); save the detector again with "
             "MULDE.save."
         ) from error
@@ -200,11 +208,41 @@ def load_detector(path: Path, device: str = "auto"):
         for k, v in tensors.items()
         if k.startswith("aggregator.")
     }
-    detector.aggregator_ = LevelAggregator(
-        params["aggregation"],
-        params["n_components"],
-        params["reg_covar"],
-        params["level_index"],
-        random_state=fitted["seed"],
-    ).load_state(aggregator_arrays)
+    try:
+        detector.aggregator_ = LevelAggregator(
+            params["aggregation"],
+            params["n_components"],
+            params["reg_covar"],
+            params["level_index"],
+            random_state=fitted["seed"],
+        ).load_state(aggregator_arrays)
+    except (KeyError, ValueError) as error:
+        raise ValueError(
+            f"Model file {path} has damaged aggregator arrays "
+            f"({type(error).__name__}: {error}); save the detector again with "
+            "MULDE.save."
+        ) from error
     return detector
+
+
+def _check_loaded_arrays(detector) -> None:
+    """Raise ValueError if the standardisation or levels contradict the header."""
+    n_features = detector.n_features_in_
+    for name, values in (("mean", detector.mean_), ("scale", detector.scale_)):
+        if values.shape != (n_features,) or not np.isfinite(values).all():
+            raise ValueError(
+                f"{name} has shape {values.shape} or non-finite values, expected "
+                f"{n_features} finite values"
+            )
+    if not (detector.scale_ > 0).all():
+        raise ValueError("scale has values <= 0")
+    grid = detector.level_grid
+    n_levels = detector.n_levels if isinstance(grid, str) else len(grid)
+    levels = detector.levels_
+    if levels.shape != (n_levels,) or not (np.isfinite(levels) & (levels > 0)).all():
+        raise ValueError(
+            f"levels has shape {levels.shape} or values <= 0, expected {n_levels} "
+            "positive levels"
+        )
+    if not math.isfinite(detector.threshold_):
+        raise ValueError(f"threshold {detector.threshold_} is not finite")

@@ -156,8 +156,16 @@ def unpack_archive(
     if dest.exists() and not dest.is_dir():
         raise ValueError(f"Destination {dest} exists and is not a folder.")
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(
+            tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent)
+        )
+    except OSError as error:
+        raise ValueError(
+            f"Cannot unpack into {dest}: writing in {dest.parent} failed "
+            f"({error.strerror}). Choose a writable --dest."
+        ) from error
     # mkdtemp creates the folder with mode 0o700; a renamed dest keeps that mode.
     staging.chmod(0o755)
     try:
