@@ -260,3 +260,51 @@ def test_out_inside_clip_folder_rejected(generic, tmp_path, capsys):
     assert main(args) == 2
     assert "inside the clip folder" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_score_new_clips_matches_run(reduced_run, cache_dir, tmp_path):
+    # The reduced run scored test clips 01 and 02; scoring a copy of clip 02 with
+    # the saved run must give its scores again.
+    clips = tmp_path / "new"
+    _copy_frames(PED2 / "testing" / "frames" / "02", clips / "02", 1000)
+    out = tmp_path / "scores.csv"
+    args = ["score", "--run", str(reduced_run), "--clips", str(clips)]
+    args += ["--out", str(out), "--cache-dir", str(cache_dir), "--quiet"]
+    assert main(args) == 0
+
+    with out.open(encoding="utf-8") as handle:
+        new = list(csv.DictReader(handle))
+    with (reduced_run / "scores.csv").open(encoding="utf-8") as handle:
+        old = [row for row in csv.DictReader(handle) if row["clip"] == "02"]
+    assert len(new) == len(old) > 0
+    assert [row["frame"] for row in new] == [row["frame"] for row in old]
+    for key in ("score", "score_smoothed"):
+        np.testing.assert_allclose(
+            [float(row[key]) for row in new],
+            [float(row[key]) for row in old],
+            rtol=1e-4,
+            atol=1e-4,
+        )
+
+
+def test_score_needs_a_finished_run(tmp_path, capsys):
+    args = ["score", "--run", str(tmp_path), "--clips", str(tmp_path)]
+    assert main(args + ["--out", str(tmp_path / "s.csv")]) == 2
+    assert "config.json not found" in capsys.readouterr().err
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_score_rejects_scrambled_projection(reduced_run, tmp_path, capsys):
+    from safetensors.numpy import load_file, save_file
+
+    run = tmp_path / "run"
+    shutil.copytree(reduced_run, run)
+    arrays = load_file(str(run / "pca.safetensors"))
+    components = arrays["appearance.components"]
+    arrays["appearance.components"] = np.ascontiguousarray(
+        components.ravel(order="F").reshape(components.shape)
+    )
+    save_file(arrays, str(run / "pca.safetensors"))
+    args = ["score", "--run", str(run), "--clips", str(tmp_path)]
+    assert main(args + ["--out", str(tmp_path / "s.csv")]) == 2
+    assert "not orthonormal" in capsys.readouterr().err

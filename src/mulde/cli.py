@@ -187,6 +187,43 @@ def _add_data_parser(subparsers) -> None:
     )
 
 
+def _add_score_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "score",
+        help="score new clips with the detector of a finished run",
+        description="Score every clip (a folder of frames or a video file) in "
+        "--clips with the features, PCA, detector and smoothing that `mulde run` "
+        "saved in --run, and write one CSV row per frame.",
+    )
+    parser.add_argument(
+        "--run", required=True, metavar="RUN_DIR", help="--out folder of a mulde run"
+    )
+    parser.add_argument(
+        "--clips", required=True, metavar="FOLDER", help="folder of clips to score"
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="CSV", help="CSV file to write the scores to"
+    )
+    parser.add_argument(
+        "--cache-dir",
+        help="feature cache root (default: the run's, else $XDG_CACHE_HOME/mulde); "
+        "features of scored clips go to its subfolder 'scored'",
+    )
+    parser.add_argument("--quiet", action="store_true", help="log warnings only")
+
+
+def _score(args: argparse.Namespace) -> int:
+    from mulde.score_video import score_clip_folder
+
+    cache_dir = Path(args.cache_dir) if args.cache_dir else None
+    smoothed = score_clip_folder(
+        Path(args.run), Path(args.clips), Path(args.out), cache_dir, not args.quiet
+    )
+    frames = sum(len(values) for values in smoothed.values())
+    print(f"scored {len(smoothed)} clips, {frames} frames: {args.out}")
+    return 0
+
+
 def resolve_run_config(args: argparse.Namespace):
     from mulde.config import RunConfig
 
@@ -292,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_run_parser(subparsers)
     _add_data_parser(subparsers)
+    _add_score_parser(subparsers)
     try:
         from mulde.study import add_study_parser
     except ImportError:
@@ -310,11 +348,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    if args.command in ("run", "study"):
+    if args.command in ("run", "study", "score"):
         from mulde.allocator import reuse_freed_memory
 
         reuse_freed_memory()
-    commands = {"run": _run, "data": _data}
+    commands = {"run": _run, "data": _data, "score": _score}
     if args.command == "study":
         from mulde.study import study_command
 

@@ -212,7 +212,12 @@ def score_clips(models: list[GroupModel], test: dict) -> tuple[dict, dict]:
                 energies - aggregator.mean_[: energies.shape[1]]
             ) / aggregator.scale_[: energies.shape[1]]
             object_levels = object_levels + level_z
-            empty_levels = empty_levels + model.empty_level_z
+            # None where the training energies are not at hand (mulde score):
+            # per-level frame scores are then NaN for frames without objects.
+            empty_level_z = model.empty_level_z
+            if empty_level_z is None:
+                empty_level_z = np.full(energies.shape[1], np.nan)
+            empty_levels = empty_levels + empty_level_z
         frame_scores[name] = _frame_max(
             object_scores, clip.frame_index, clip.n_frames, empty_score
         )
@@ -273,17 +278,22 @@ def level_metrics(
     }
 
 
-def write_scores_csv(path: Path, raw: dict, smoothed: dict, labels: dict) -> None:
+def write_scores_csv(
+    path: Path, raw: dict, smoothed: dict, labels: dict | None = None
+) -> None:
+    """Write one row per frame: clip, frame, score, score_smoothed[, label]."""
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["clip", "frame", "score", "score_smoothed", "label"])
-        for clip in labels:
-            for frame, (score, score_smoothed, label) in enumerate(
-                zip(raw[clip], smoothed[clip], labels[clip], strict=True)
+        header = ["clip", "frame", "score", "score_smoothed"]
+        writer.writerow(header + ([] if labels is None else ["label"]))
+        for clip in raw:
+            for frame, (score, score_smoothed) in enumerate(
+                zip(raw[clip], smoothed[clip], strict=True)
             ):
-                writer.writerow(
-                    [clip, frame, f"{score:.6g}", f"{score_smoothed:.6g}", int(label)]
-                )
+                row = [clip, frame, f"{score:.6g}", f"{score_smoothed:.6g}"]
+                if labels is not None:
+                    row.append(int(labels[clip][frame]))
+                writer.writerow(row)
 
 
 def run(config: RunConfig, out: Path) -> dict:
@@ -525,8 +535,10 @@ def _save_pca(path: Path, model: GroupModel) -> None:
     arrays = {}
     for group, pca in zip(model.groups, model.pca, strict=True):
         if pca is not None:
-            arrays[f"{group}.mean"] = pca.mean_
-            arrays[f"{group}.components"] = pca.components_
+            # safetensors.numpy writes a strided array's buffer as it lies in
+            # memory, and scikit-learn's components_ is a strided view.
+            arrays[f"{group}.mean"] = np.ascontiguousarray(pca.mean_)
+            arrays[f"{group}.components"] = np.ascontiguousarray(pca.components_)
     if arrays:
         metadata = {"groups": json.dumps(model.groups)}
         atomic_write(path, lambda target: save_file(arrays, str(target), metadata))

@@ -136,12 +136,12 @@ def load_dataset(
     test_clips = discover_clips(layout.test_dir)
     for split, clips in (("training", train), ("test", test_clips)):
         for clip in clips:
-            _check_has_frames(clip, split)
+            check_has_frames(clip, split)
     test = _label_test_clips(key, layout, test_clips)
     return VideoDataset(name=key, root=layout.root, train=train, test=test)
 
 
-def _check_has_frames(clip: Clip, split: str) -> None:
+def check_has_frames(clip: Clip, split: str) -> None:
     """Raise VideoReadError if a clip has no frames, before any work is done.
 
     Counting is cheap for frame folders and raises for an empty one. For video
