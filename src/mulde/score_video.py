@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from sklearn.decomposition import PCA
 
 from mulde.config import RunConfig
 from mulde.pipeline import GroupModel
@@ -14,16 +15,19 @@ from mulde.pipeline import GroupModel
 logger = logging.getLogger(__name__)
 
 
-class SavedProjection:
-    """A PCA read back from a run folder: ``transform`` centres and projects."""
+def saved_pca(mean: np.ndarray, components: np.ndarray) -> PCA:
+    """Rebuild the fitted scikit-learn PCA from its saved mean and components.
 
-    def __init__(self, mean: np.ndarray, components: np.ndarray) -> None:
-        self.mean_ = mean
-        self.components_ = components
-        self.n_components_ = components.shape[0]
-
-    def transform(self, values: np.ndarray) -> np.ndarray:
-        return (values - self.mean_) @ self.components_.T
+    Its transform then runs the same code as in the run, so that rescoring a
+    clip gives the run's scores to the last bit.
+    """
+    pca = PCA(n_components=components.shape[0])
+    pca.mean_ = mean
+    pca.components_ = components
+    pca.n_components_ = components.shape[0]
+    pca.n_features_in_ = components.shape[1]
+    pca.explained_variance_ = np.ones(components.shape[0], components.dtype)
+    return pca
 
 
 def load_run_models(run_dir: Path) -> tuple[RunConfig, list[GroupModel]]:
@@ -71,7 +75,7 @@ def load_run_models(run_dir: Path) -> tuple[RunConfig, list[GroupModel]]:
     return config, models
 
 
-def _projection(arrays: dict, group: str, path: Path) -> SavedProjection:
+def _projection(arrays: dict, group: str, path: Path) -> PCA:
     """Read one group's PCA, checking that its components are orthonormal.
 
     Runs written before the components were stored contiguous hold scrambled
@@ -85,7 +89,7 @@ def _projection(arrays: dict, group: str, path: Path) -> SavedProjection:
             "damaged or was written by an older mulde that stored them scrambled; "
             "run `mulde run` again to write it anew."
         )
-    return SavedProjection(arrays[f"{group}.mean"], arrays[f"{group}.components"])
+    return saved_pca(arrays[f"{group}.mean"], arrays[f"{group}.components"])
 
 
 def score_clip_folder(
