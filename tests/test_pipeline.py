@@ -278,13 +278,9 @@ def test_score_new_clips_matches_run(reduced_run, cache_dir, tmp_path):
         old = [row for row in csv.DictReader(handle) if row["clip"] == "02"]
     assert len(new) == len(old) > 0
     assert [row["frame"] for row in new] == [row["frame"] for row in old]
+    # The same features, projection layout and detector give the same digits.
     for key in ("score", "score_smoothed"):
-        np.testing.assert_allclose(
-            [float(row[key]) for row in new],
-            [float(row[key]) for row in old],
-            rtol=1e-4,
-            atol=1e-4,
-        )
+        assert [row[key] for row in new] == [row[key] for row in old]
 
 
 def test_score_needs_a_finished_run(tmp_path, capsys):
