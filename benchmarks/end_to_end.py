@@ -60,31 +60,19 @@ def run_main_job(root: Path, out: Path, cache: Path, clips: int | None, **detect
     return metrics, time.perf_counter() - start
 
 
-def load_run(run_dir: Path):
-    """Load the detector, PCA arrays and configuration of a concat run."""
-    from safetensors.numpy import load_file
-
-    from mulde import MULDE
-
-    detector = MULDE.load(run_dir / "detector.safetensors", device="cpu")
-    arrays = load_file(str(run_dir / "pca.safetensors"))
-    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    return detector, arrays, config
-
-
 def frame_latency(run_dir: Path, test: dict, sigma_frames: float) -> dict:
     """Milliseconds to score each test frame alone, features to smoothed score."""
-    from mulde.config import RunConfig
+    from mulde.score_video import load_run_models
 
-    detector, arrays, config = load_run(run_dir)
-    groups = RunConfig.from_dict(config).feature_groups()
+    _, (model,) = load_run_models(run_dir)
+    detector = model.detector
     radius = int(np.ceil(3 * sigma_frames))
     weights = np.exp(-0.5 * (np.arange(radius + 1) / sigma_frames) ** 2)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         detector.decision_function(np.zeros((4, detector.n_features_in_), np.float32))
-        milliseconds = _time_frames(detector, arrays, groups, test, weights)
+        milliseconds = _time_frames(model, test, weights)
     finally:
         torch.set_num_threads(threads)
     values = np.asarray(milliseconds)
@@ -97,12 +85,13 @@ def frame_latency(run_dir: Path, test: dict, sigma_frames: float) -> dict:
     }
 
 
-def _time_frames(detector, arrays, groups, test, weights) -> list[float]:
+def _time_frames(model, test, weights) -> list[float]:
     """Score each frame of ``test`` alone, as the pipeline does; return milliseconds.
 
     Object scores are standardised by the training scores, and a frame without
     objects takes the lowest training score, as in ``mulde.pipeline.score_clips``.
     """
+    detector = model.detector
     train_scores = detector.decision_scores_
     mean, spread = train_scores.mean(), train_scores.std() or 1.0
     empty = (train_scores.min() - mean) / spread
@@ -115,17 +104,9 @@ def _time_frames(detector, arrays, groups, test, weights) -> list[float]:
         for frame in range(clip.n_frames):
             rows_of[frame] = np.flatnonzero(clip.frame_index == frame)
         for frame in range(clip.n_frames):
-            objects = {g: clip.groups[g][rows_of[frame]] for g in groups}
+            objects = {g: clip.groups[g][rows_of[frame]] for g in model.groups}
             start = time.perf_counter()
-            parts = []
-            for group in groups:
-                values = objects[group]
-                if f"{group}.mean" in arrays:
-                    values = (values - arrays[f"{group}.mean"]) @ arrays[
-                        f"{group}.components"
-                    ].T
-                parts.append(values)
-            rows = np.concatenate(parts, axis=1).astype(np.float32)
+            rows = model.transform(objects)
             if len(rows):
                 score = float(
                     ((detector.decision_function(rows) - mean) / spread).max()

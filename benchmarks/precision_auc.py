@@ -14,7 +14,7 @@ Run from the repository root::
 
 ``--backward written_out`` and ``--backward autograd`` force the written-out
 backward of ``mulde.score_matching`` or autograd's over the loss, so that two
-runs compare the two paths seed by seed; by default MULDE picks one by the
+runs compare the two paths seed by seed. By default MULDE picks one by the
 network's width (``select_backward``).
 
 ``--precision-a auto`` is bfloat16 only where ``mulde.network.resolve_precision``

@@ -106,6 +106,19 @@ def _fit_pca(
     return pca
 
 
+def model_partitions(config: RunConfig) -> list[list[str]]:
+    """Return the feature groups of each detector: all at once, or one each."""
+    groups = config.feature_groups()
+    if config.scoring.scoring == "concat":
+        return [groups]
+    return [[group] for group in groups]
+
+
+def model_file_suffix(groups: list[str], n_models: int) -> str:
+    """Return the suffix of a model's detector and PCA file names in a run folder."""
+    return "" if n_models == 1 else "-" + "+".join(groups)
+
+
 def fit_models(train: dict, config: RunConfig) -> list[GroupModel]:
     """Fit one detector on the concatenated groups, or one per group."""
     options = config.scoring
@@ -118,10 +131,7 @@ def fit_models(train: dict, config: RunConfig) -> list[GroupModel]:
             f"{config.features.get('mode')!r}; available groups are "
             f"{sorted(available)}."
         )
-    if options.scoring == "concat":
-        partitions = [groups_to_score]
-    else:
-        partitions = [[g] for g in groups_to_score]
+    partitions = model_partitions(config)
 
     n_rows = sum(clip.n_rows for clip in train.values())
     if n_rows < 2:
@@ -427,7 +437,7 @@ def run(config: RunConfig, out: Path) -> dict:
             )
             write_scores_csv(staging / "scores.csv", raw, smoothed, labels)
             for model in models:
-                suffix = "" if len(models) == 1 else "-" + "+".join(model.groups)
+                suffix = model_file_suffix(model.groups, len(models))
                 model.detector.save(staging / f"detector{suffix}.safetensors")
                 _save_pca(staging / f"pca{suffix}.safetensors", model)
             write_report(staging, metrics, raw, smoothed, labels, config.to_dict())

@@ -10,7 +10,7 @@ import numpy as np
 from sklearn.decomposition import PCA
 
 from mulde.config import RunConfig
-from mulde.pipeline import GroupModel
+from mulde.pipeline import GroupModel, model_file_suffix, model_partitions
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +49,10 @@ def load_run_models(run_dir: Path) -> tuple[RunConfig, list[GroupModel]]:
             f"{config_path} not found; pass the --out folder of a finished `mulde run`."
         )
     config = RunConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
-    groups = config.feature_groups()
-    if config.scoring.scoring == "concat":
-        partitions = [groups]
-    else:
-        partitions = [[group] for group in groups]
+    partitions = model_partitions(config)
     models = []
     for part in partitions:
-        suffix = "" if len(partitions) == 1 else "-" + "+".join(part)
+        suffix = model_file_suffix(part, len(partitions))
         detector_path = run_dir / f"detector{suffix}.safetensors"
         if not detector_path.is_file():
             raise FileNotFoundError(
@@ -78,8 +74,8 @@ def load_run_models(run_dir: Path) -> tuple[RunConfig, list[GroupModel]]:
 def _projection(arrays: dict, group: str, path: Path) -> PCA:
     """Read one group's PCA, checking that its components are orthonormal.
 
-    Runs written before the components were stored contiguous hold scrambled
-    components, which this check rejects instead of scoring with them.
+    Run folders written before the components were stored contiguous contain
+    scrambled components, which this check rejects instead of scoring with them.
     """
     components = arrays[f"{group}.components"].astype(np.float64)
     gram = components @ components.T
