@@ -102,6 +102,70 @@ def test_second_run_reuses_cached_features(reduced_run, cache_dir, tmp_path, cap
     assert "0 extracted, 2 cached" in caplog.text
 
 
+def _reduced_features(cache_dir: Path, lazy: bool):
+    from mulde.features.cache import FeatureConfig, extract_dataset
+    from mulde.video import load_dataset
+
+    dataset = load_dataset("ped2", PED2)
+    dataset = type(dataset)(
+        dataset.name, dataset.root, dataset.train[:2], dataset.test[:2]
+    )
+    config = FeatureConfig.from_dict(RunConfig().features)
+    return extract_dataset(dataset, config, cache_dir, verbose=False, lazy=lazy)
+
+
+@pytest.fixture(scope="module")
+def reduced_features(reduced_run, cache_dir):
+    """Features of the reduced run's clips, every clip loaded, from its cache."""
+    return _reduced_features(cache_dir, lazy=False)
+
+
+def test_run_pca_equals_pca_of_all_rows(reduced_run, reduced_features):
+    from safetensors.numpy import load_file
+
+    from mulde.pipeline import _fit_pca, _stack
+
+    train = reduced_features["train"]
+    expected = _fit_pca(_stack(train, "appearance"), 64, 0, "appearance")
+    saved = load_file(str(reduced_run / "pca.safetensors"))
+
+    np.testing.assert_array_equal(saved["appearance.components"], expected.components_)
+    np.testing.assert_array_equal(saved["appearance.mean"], expected.mean_)
+
+
+def test_lazy_features_equal_loaded(reduced_features, cache_dir):
+    from mulde.features.cache import ClipFeatureFiles
+
+    eager = reduced_features
+    lazy = _reduced_features(cache_dir, lazy=True)
+
+    for split in ("train", "test"):
+        assert isinstance(lazy[split], ClipFeatureFiles)
+        assert list(lazy[split]) == list(eager[split])
+        for name, clip in eager[split].items():
+            loaded = lazy[split][name]
+            np.testing.assert_array_equal(loaded.frame_index, clip.frame_index)
+            for group, values in clip.groups.items():
+                np.testing.assert_array_equal(loaded.groups[group], values)
+        assert lazy[split].frame_counts() == {
+            name: clip.n_frames for name, clip in eager[split].items()
+        }
+
+
+def test_run_scores_unchanged_at_pca_cap(reduced_run, cache_dir, tmp_path, monkeypatch):
+    from mulde import pipeline
+
+    metrics = json.loads((reduced_run / "metrics.json").read_text())
+    # A cap of exactly the training row count still fits the PCA on every row.
+    monkeypatch.setattr(pipeline, "PCA_MAX_ROWS", metrics["n_train_rows"][0])
+    out = tmp_path / "capped"
+    args = ["run", "--dataset", "ped2", "--root", str(PED2), "--out", str(out)]
+    assert main(args + ["--cache-dir", str(cache_dir)] + REDUCED) == 0
+
+    capped = (out / "scores.csv").read_text(encoding="utf-8")
+    assert capped == (reduced_run / "scores.csv").read_text(encoding="utf-8")
+
+
 def test_dry_run_prints_config(capsys, tmp_path):
     args = ["run", "--root", "x", "--out", str(tmp_path / "o"), "--dry-run"]
     options = ["--weighting", "gaussian", "--sigma0", "0.3"]

@@ -5,7 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import ADBENCH
+from conftest import ADBENCH, PED2
 from scipy import stats
 
 from mulde.cli import main
@@ -19,6 +19,7 @@ from mulde.study import (
     outcome,
     paired_comparison,
     run_study,
+    study_ped2,
 )
 
 
@@ -212,3 +213,40 @@ def test_video_table_lists_frame_metrics():
     assert "| sigma2 | 0.7500 [" in table
     assert "42_WBC" not in table
     assert video_table({"records": records[2:]}) == ""
+
+
+def test_ped2_part_runs_on_a_small_copy(tmp_path, monkeypatch):
+    """study_ped2 fits its PCA, detector and metrics on real Ped2 frames."""
+    if not PED2.is_dir():
+        pytest.skip(f"{PED2} is not present")
+    root = tmp_path / "data"
+    for source, target in (
+        ("training/frames/01", "train/a"),
+        ("testing/frames/04", "test/b"),
+    ):
+        (root / target).mkdir(parents=True)
+        for path in sorted((PED2 / source).glob("*.jpg"))[:16]:
+            shutil.copy(path, root / target / path.name)
+    np.savez(root / "labels.npz", b=np.r_[np.zeros(8), np.ones(8)].astype(np.int8))
+
+    import mulde.video
+
+    real_load = mulde.video.load_dataset
+
+    def load_small(name, path, **_):
+        return real_load(
+            "generic", path, train_dir="train", test_dir="test", labels="labels.npz"
+        )
+
+    monkeypatch.setattr(mulde.video, "load_dataset", load_small)
+    config = StudyConfig.quick(
+        ped2_root=str(root), ped2_cache_dir=str(tmp_path / "cache")
+    )
+    variant = next(v for v in default_variants(1, 1) if v.name == "sigma2")
+    records: list[dict] = []
+    study_ped2([variant], config, records, bands=np.geomspace(1e-3, 1.0, 3))
+    assert len(records) == 1
+    record = records[0]
+    assert record["dataset"] == "ped2" and record["variant"] == "sigma2"
+    assert 0.0 <= record["full"]["auc"] <= 1.0
+    assert len(record["level_auc_energy"]) == 16

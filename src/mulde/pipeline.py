@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +25,18 @@ from sklearn.decomposition import PCA
 from mulde.config import RunConfig
 from mulde.detector import MULDE
 from mulde.evaluation import check_clip_scores, frame_metrics, smooth
+from mulde.features.cache import ClipFeatureFiles, ClipFeatures
 from mulde.network import dtype_name
 
 logger = logging.getLogger(__name__)
+
+# Maximum number of training rows that a group's PCA is fitted on. Larger
+# training sets are sampled with the run's seed. 200,000 rows of 1,280 float32
+# columns take 1 GB, and scikit-learn's fit of 64 components on them peaked
+# 1.2 GiB higher (docs/benchmarks.md, "Memory of the main job"). That is over
+# 150 rows per column, and above the 61,072 training rows of UCSD Ped2, so the
+# PCA of Ped2 is fitted on every row.
+PCA_MAX_ROWS = 200_000
 
 
 def default_cache_dir() -> Path:
@@ -80,6 +90,85 @@ def _stack(features: dict, group: str) -> np.ndarray:
     return np.concatenate([clip.groups[group] for clip in features.values()], axis=0)
 
 
+def row_counts(clips: Mapping[str, ClipFeatures]) -> dict[str, int]:
+    """Return the number of feature rows of each clip, in clip order.
+
+    A :class:`~mulde.features.cache.ClipFeatureFiles` returns its manifest
+    counts without reading any clip. Other mappings are looked up clip by clip.
+    """
+    if isinstance(clips, ClipFeatureFiles):
+        return clips.row_counts()
+    return {name: clip.n_rows for name, clip in clips.items()}
+
+
+def pca_sample_indices(n_rows: int, max_rows: int, seed: int) -> np.ndarray:
+    """Return the sorted indices of the rows that a PCA is fitted on.
+
+    Indices count the training rows of all clips stacked in clip order. Every
+    row is taken when there are at most ``max_rows``. Otherwise ``max_rows``
+    rows are drawn without replacement by ``numpy.random.default_rng(seed)``,
+    so a seed always draws the same rows.
+    """
+    if max_rows < 1:
+        raise ValueError(
+            f"max_rows={max_rows} must be at least 1; pass a positive row cap."
+        )
+    if n_rows <= max_rows:
+        return np.arange(n_rows)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n_rows, size=max_rows, replace=False))
+
+
+def stack_sample(
+    clips: Mapping[str, ClipFeatures],
+    counts: dict[str, int],
+    groups: list[str],
+    indices: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Gather the rows at sorted ``indices`` of each group, reading one clip at a time.
+
+    Parameters
+    ----------
+    clips : mapping of str to ClipFeatures
+        Training clips, in the order that ``indices`` counts rows in.
+    counts : dict of str to int
+        Rows of each clip, from :func:`row_counts`.
+    groups : list of str
+        Groups to gather.
+    indices : numpy.ndarray of int
+        Sorted row indices into the clips' rows stacked in order, such as
+        :func:`pca_sample_indices` returns.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray of float32, shape (len(indices), d_group)
+        Equal to ``np.concatenate([clip.groups[g] for clip in clips.values()])``
+        indexed by ``indices``, without holding every clip at once.
+    """
+    sample: dict[str, np.ndarray] = {}
+    start = filled = 0
+    for name, clip in clips.items():
+        stop = start + counts[name]
+        first, last = np.searchsorted(indices, [start, stop])
+        local = indices[first:last] - start
+        start = stop
+        if len(local) == 0:
+            continue
+        for group in groups:
+            values = clip.groups[group]
+            if group not in sample:
+                sample[group] = np.empty((len(indices), values.shape[1]), values.dtype)
+            sample[group][filled : filled + len(local)] = values[local]
+        filled += len(local)
+    if filled != len(indices):
+        raise ValueError(
+            f"The clips have {start} rows in all, but {len(indices)} sampled "
+            f"indices reach up to row {indices[-1] if len(indices) else 0}; "
+            "pass the indices that pca_sample_indices returns for these clips."
+        )
+    return sample
+
+
 def _fit_pca(
     rows: np.ndarray, n_components: int | None, seed: int, group: str
 ) -> PCA | None:
@@ -119,8 +208,32 @@ def model_file_suffix(groups: list[str], n_models: int) -> str:
     return "" if n_models == 1 else "-" + "+".join(groups)
 
 
-def fit_models(train: dict, config: RunConfig) -> list[GroupModel]:
+def fit_models(
+    train: Mapping[str, ClipFeatures], config: RunConfig
+) -> list[GroupModel]:
     """Fit one detector on the concatenated groups, or one per group."""
+    models, _ = fit_models_with_rows(train, config)
+    return models
+
+
+def fit_models_with_rows(
+    train: Mapping[str, ClipFeatures], config: RunConfig
+) -> tuple[list[GroupModel], list[np.ndarray]]:
+    """Fit the run's detectors and return them with the rows each was fitted on.
+
+    Each group's PCA is fitted on at most :data:`PCA_MAX_ROWS` training rows
+    (see :func:`pca_sample_indices`). Training clips are then read one at a time
+    and projected, so memory contains one clip's full features, the PCA sample
+    and the projected rows of all clips. ``train`` may be a
+    :class:`~mulde.features.cache.ClipFeatureFiles`, which reads each clip on
+    lookup.
+
+    Returns
+    -------
+    models : list of GroupModel
+    rows : list of numpy.ndarray of float32
+        The projected training rows of each model, the detector's training set.
+    """
     options = config.scoring
     available = set(next(iter(train.values())).groups)
     groups_to_score = config.feature_groups()
@@ -133,7 +246,8 @@ def fit_models(train: dict, config: RunConfig) -> list[GroupModel]:
         )
     partitions = model_partitions(config)
 
-    n_rows = sum(clip.n_rows for clip in train.values())
+    counts = row_counts(train)
+    n_rows = sum(counts.values())
     if n_rows < 2:
         raise ValueError(
             f"Only {n_rows} training rows were extracted from "
@@ -142,27 +256,69 @@ def fit_models(train: dict, config: RunConfig) -> list[GroupModel]:
             "objects. Check that the training clips show motion, and lower "
             "features.proposals.threshold or features.grid_min_foreground."
         )
-    models = []
-    for groups in partitions:
-        pcas = [
-            _fit_pca(_stack(train, g), options.pca_components, config.seed, g)
-            for g in groups
-        ]
-        model = GroupModel(groups, pcas, detector=None)  # type: ignore[arg-type]
-        rows = np.concatenate(
-            [model.transform(clip.groups) for clip in train.values()], axis=0
+
+    pcas: dict[str, PCA | None] = dict.fromkeys(groups_to_score)
+    if options.pca_components is not None:
+        indices = pca_sample_indices(n_rows, PCA_MAX_ROWS, config.seed)
+        if len(indices) < n_rows:
+            logger.info(
+                "PCA sample: %d of %d training rows (seed %d)",
+                len(indices),
+                n_rows,
+                config.seed,
+            )
+        sample = stack_sample(train, counts, groups_to_score, indices)
+        for group in groups_to_score:
+            pcas[group] = _fit_pca(
+                sample.pop(group), options.pca_components, config.seed, group
+            )
+        del sample
+
+    # Each detector is set below, once the projected rows are at hand.
+    models = [
+        GroupModel(
+            groups,
+            [pcas[g] for g in groups],
+            detector=None,  # type: ignore[arg-type]
         )
+        for groups in partitions
+    ]
+    rows = _project_clips(models, train, counts)
+    for model, model_rows in zip(models, rows, strict=True):
         logger.info(
             "fitting detector on %s: %d rows x %d features",
-            "+".join(groups),
-            rows.shape[0],
-            rows.shape[1],
+            "+".join(model.groups),
+            model_rows.shape[0],
+            model_rows.shape[1],
         )
         model.detector = MULDE(
             **config.detector, random_state=config.seed, verbose=config.verbose
-        ).fit(rows)
-        models.append(model)
-    return models
+        ).fit(model_rows)
+    return models, rows
+
+
+def _project_clips(
+    models: list[GroupModel],
+    clips: Mapping[str, ClipFeatures],
+    counts: dict[str, int],
+) -> list[np.ndarray]:
+    """Project every clip with each model, reading one clip at a time.
+
+    Returns one float32 array per model with the rows of all clips in clip
+    order, equal to concatenating ``model.transform`` of each clip.
+    """
+    n_rows = sum(counts.values())
+    rows: list[np.ndarray | None] = [None] * len(models)
+    start = 0
+    for name, clip in clips.items():
+        stop = start + counts[name]
+        for k, model in enumerate(models):
+            projected = model.transform(clip.groups)
+            if rows[k] is None:
+                rows[k] = np.empty((n_rows, projected.shape[1]), np.float32)
+            rows[k][start:stop] = projected
+        start = stop
+    return rows  # type: ignore[return-value]
 
 
 def _frame_max(values: np.ndarray, frame_index: np.ndarray, n_frames: int, empty):
@@ -180,13 +336,17 @@ def _frame_max(values: np.ndarray, frame_index: np.ndarray, n_frames: int, empty
     return out
 
 
-def score_clips(models: list[GroupModel], test: dict) -> tuple[dict, dict]:
+def score_clips(
+    models: list[GroupModel], test: Mapping[str, ClipFeatures]
+) -> tuple[dict, dict]:
     """Frame scores and per-level frame scores of each test clip.
 
     Each model's object scores are standardised with the mean and standard
     deviation of its training scores, then summed over models. A frame scores
     the maximum over its objects; a frame without objects gets the lowest
-    training score, as the least anomalous value seen.
+    training score, as the least anomalous value seen. Clips are looked up one
+    at a time and only their frame scores are kept, so ``test`` may be a
+    :class:`~mulde.features.cache.ClipFeatureFiles`.
     """
     stats = []
     for model in models:
@@ -253,10 +413,15 @@ def _level_inputs(
     return np.concatenate([energies, norms], axis=1)
 
 
-def _prepare_level_baselines(models: list[GroupModel], train: dict) -> None:
-    """Store each model's lowest standardised training energy per level."""
-    for model in models:
-        rows = np.concatenate([model.transform(c.groups) for c in train.values()])
+def _prepare_level_baselines(
+    models: list[GroupModel], train_rows: list[np.ndarray]
+) -> None:
+    """Store each model's lowest standardised training energy per level.
+
+    ``train_rows`` contains each model's projected training rows, as
+    :func:`fit_models_with_rows` returns them.
+    """
+    for model, rows in zip(models, train_rows, strict=True):
         energies = model.detector.multiscale_scores(rows)
         aggregator = model.detector.aggregator_
         n_levels = energies.shape[1]
@@ -377,23 +542,25 @@ def run(config: RunConfig, out: Path) -> dict:
         feature_config = FeatureConfig.from_dict(config.features)
         cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
         _check_cache_folder(cache_dir)
+        # Clips stay in the cache files and are read one at a time below.
         features = extract_dataset(
-            dataset, feature_config, cache_dir, verbose=config.verbose >= 1
+            dataset, feature_config, cache_dir, verbose=config.verbose >= 1, lazy=True
         )
         timer.seconds |= {
             f"features.{k}": v for k, v in getattr(features, "timings", {}).items()
         }
     train, test = features["train"], features["test"]
     labels = {clip.name: np.asarray(clip.labels).astype(int) for clip in test_clips}
+    n_frames = test.frame_counts()
     for clip in test_clips:
-        if test[clip.name].n_frames != len(labels[clip.name]):
+        if n_frames[clip.name] != len(labels[clip.name]):
             raise ValueError(
-                f"Test clip {clip.name} ({clip.source}) has {test[clip.name].n_frames} "
+                f"Test clip {clip.name} ({clip.source}) has {n_frames[clip.name]} "
                 f"frames but {len(labels[clip.name])} labels."
             )
 
     with timer.stage("training"):
-        models = fit_models(train, config)
+        models, train_rows = fit_models_with_rows(train, config)
     # Record every detector setting, defaults included, so config.json reruns
     # the same detector even if defaults change.
     resolved = models[0].detector.get_params()
@@ -404,7 +571,8 @@ def run(config: RunConfig, out: Path) -> dict:
     config.cache_dir = str(cache_dir)
 
     with timer.stage("scoring"):
-        _prepare_level_baselines(models, train)
+        _prepare_level_baselines(models, train_rows)
+        del train_rows
         raw, per_level = score_clips(models, test)
         check_clip_scores(raw, labels)
         smoothed = smooth(raw, config.scoring.smoothing_sigma)

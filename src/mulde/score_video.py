@@ -100,7 +100,8 @@ def score_clip_folder(
     Writes ``out`` as CSV with the columns clip, frame, score, score_smoothed
     (frames count from 0 within each clip) and returns the smoothed scores by
     clip. The features come from the run's feature configuration and are
-    cached under ``cache_dir/scored`` (the run's own cache folder by default).
+    cached under ``cache_dir/scored`` (the run's own cache folder by default),
+    and clips are read from there one at a time.
     """
     from mulde.evaluation import smooth
     from mulde.features.cache import FeatureConfig, extract_dataset
@@ -115,8 +116,13 @@ def score_clip_folder(
         check_has_frames(clip, "input")
     root = Path(cache_dir or config.cache_dir or default_cache_dir()) / "scored"
     dataset = VideoDataset("new", Path(clips_dir), train=[], test=clips)
+    # lazy: the clips stay in the cache and are scored one at a time.
     features = extract_dataset(
-        dataset, FeatureConfig.from_dict(config.features), root, verbose=verbose
+        dataset,
+        FeatureConfig.from_dict(config.features),
+        root,
+        verbose=verbose,
+        lazy=True,
     )["test"]
     raw, _ = score_clips(models, features)
     smoothed = smooth(raw, config.scoring.smoothing_sigma)

@@ -460,7 +460,8 @@ def study_ped2(variants, config, records, bands) -> None:
     train, test = features["train"], features["test"]
     groups = run_config.feature_groups()
     pcas = [
-        _fit_pca(_stack(train, g), run_config.scoring.pca_components, 0) for g in groups
+        _fit_pca(_stack(train, g), run_config.scoring.pca_components, 0, g)
+        for g in groups
     ]
     model = GroupModel(groups, pcas, detector=None)  # type: ignore[arg-type]
     X_fit = np.concatenate([model.transform(c.groups) for c in train.values()])

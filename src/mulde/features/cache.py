@@ -20,7 +20,7 @@ import os
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from mulde.video.clips import Clip, VideoDataset
 __all__ = [
     "EXTRACTOR_NAME",
     "FEATURE_MODES",
+    "ClipFeatureFiles",
     "ClipFeatures",
     "DatasetFeatures",
     "FeatureConfig",
@@ -168,14 +169,85 @@ class ClipFeatures:
 class DatasetFeatures(dict):
     """Features of a dataset keyed by split, then clip name.
 
-    A plain ``dict[str, dict[str, ClipFeatures]]`` with one extra attribute,
-    ``timings``, that maps each split to the seconds spent extracting its clips
-    (close to 0 when every clip came from the cache).
+    A plain dict of splits with one extra attribute, ``timings``, that maps each
+    split to the seconds spent extracting its clips (close to 0 when every clip
+    came from the cache). Each split is a ``dict[str, ClipFeatures]``, or a
+    :class:`ClipFeatureFiles` when :func:`extract_dataset` was called with
+    ``lazy=True``.
     """
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.timings: dict[str, float] = {}
+
+
+class ClipFeatureFiles(Mapping[str, ClipFeatures]):
+    """Clip features of one split that stay in their cache files until looked up.
+
+    Each lookup reads the clip's file with :func:`load_clip_features` and keeps
+    no reference to the result, so a loop over ``items()`` keeps one clip's
+    features at a time and a second lookup reads the file again. Frame and row
+    counts come from the manifest and need no file reads.
+
+    Parameters
+    ----------
+    paths : dict of str to Path
+        Feature file of each clip, in clip order.
+    n_frames, n_rows : dict of str to int
+        Frame and row count of each clip, as the manifest records them.
+    """
+
+    def __init__(
+        self,
+        paths: dict[str, Path],
+        n_frames: dict[str, int],
+        n_rows: dict[str, int],
+    ) -> None:
+        if not set(paths) == set(n_frames) == set(n_rows):
+            raise ValueError(
+                "paths, n_frames and n_rows must name the same clips, got "
+                f"{sorted(paths)}, {sorted(n_frames)} and {sorted(n_rows)}"
+            )
+        self._paths = dict(paths)
+        self._n_frames = dict(n_frames)
+        self._n_rows = dict(n_rows)
+
+    def __getitem__(self, name: str) -> ClipFeatures:
+        path = self._paths[name]
+        try:
+            features = load_clip_features(path)
+        except ValueError as error:
+            raise ValueError(
+                f"Cached features of clip {name} could not be read: {error}. The "
+                "file changed after extract_dataset checked it; run again, which "
+                "extracts the clip anew."
+            ) from error
+        if (features.n_frames, features.n_rows) != (
+            self._n_frames[name],
+            self._n_rows[name],
+        ):
+            raise ValueError(
+                f"Feature file {path} has {features.n_frames} frames and "
+                f"{features.n_rows} rows, but the manifest records "
+                f"{self._n_frames[name]} and {self._n_rows[name]}. The file "
+                f"changed after extract_dataset checked it; run again, which "
+                f"extracts clip {name} anew."
+            )
+        return features
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def frame_counts(self) -> dict[str, int]:
+        """Return the number of frames of each clip, in clip order."""
+        return {name: self._n_frames[name] for name in self._paths}
+
+    def row_counts(self) -> dict[str, int]:
+        """Return the number of feature rows of each clip, in clip order."""
+        return {name: self._n_rows[name] for name in self._paths}
 
 
 @dataclass(frozen=True)
@@ -549,6 +621,7 @@ def extract_dataset(
     config: FeatureConfig,
     cache_dir: Path,
     verbose: bool = True,
+    lazy: bool = False,
 ) -> DatasetFeatures:
     """Extract the features of every clip of a dataset, reusing cached clips.
 
@@ -561,6 +634,11 @@ def extract_dataset(
         (see :func:`cache_folder`).
     verbose : bool
         Show a progress bar over frames.
+    lazy : bool
+        Return each split as a :class:`ClipFeatureFiles` that reads a clip from
+        the cache on each lookup, instead of a dict of every clip's features.
+        Memory then contains one clip's features at a time, during extraction
+        too. Every cached clip is still read once here, to check its file.
 
     Returns
     -------
@@ -608,7 +686,7 @@ def extract_dataset(
     results = DatasetFeatures()
     for split, clips in splits.items():
         results[split], results.timings[split] = _extract_split(
-            split, clips, config, backbone, folder, manifest, verbose
+            split, clips, config, backbone, folder, manifest, verbose, lazy
         )
     return results
 
@@ -621,20 +699,33 @@ def _extract_split(
     folder: Path,
     manifest: dict,
     verbose: bool,
-) -> tuple[dict[str, ClipFeatures], float]:
-    """Extract or load the clips of one split; return them and the seconds spent."""
+    lazy: bool = False,
+) -> tuple[dict[str, ClipFeatures] | ClipFeatureFiles, float]:
+    """Extract or load the clips of one split; return them and the seconds spent.
+
+    With ``lazy``, each clip's features are dropped once checked or saved, and
+    the split comes back as a :class:`ClipFeatureFiles` over the cache files.
+    """
     from tqdm.auto import tqdm
 
     entries = manifest["clips"].setdefault(split, {})
     features: dict[str, ClipFeatures] = {}
+    # File, frame count and row count of every clip done so far.
+    done: dict[str, tuple[Path, int, int]] = {}
     pending: list[tuple[Clip, dict]] = []
     for clip in clips:
         signature = _source_signature(clip.source)
-        cached = _load_cached(folder, split, clip, entries.get(clip.name), signature)
+        entry = entries.get(clip.name)
+        cached = _load_cached(folder, split, clip, entry, signature)
         if cached is None:
             pending.append((clip, signature))
-        else:
+            continue
+        path = folder / entry.get("file", f"{split}/{clip.name}.npz")
+        done[clip.name] = (path, cached.n_frames, cached.n_rows)
+        if not lazy:
             features[clip.name] = cached
+        # Free this clip before the next one loads.
+        del cached
 
     start = time.perf_counter()
     n_frames = 0
@@ -663,7 +754,7 @@ def _extract_split(
                 "features %s: clip %s extracted (%d of %d), %d frames, %d rows",
                 split,
                 clip.name,
-                len(features) + 1,
+                len(done) + 1,
                 len(clips),
                 clip_features.n_frames,
                 clip_features.n_rows,
@@ -675,14 +766,21 @@ def _extract_split(
                 file=relative,
             )
             _write_manifest(folder / MANIFEST_NAME, manifest)
-            features[clip.name] = clip_features
+            done[clip.name] = (
+                folder / relative,
+                clip_features.n_frames,
+                clip_features.n_rows,
+            )
+            if not lazy:
+                features[clip.name] = clip_features
             n_frames += clip_features.n_frames
+            del clip_features
     seconds = time.perf_counter() - start
 
     # Frames and rows count every clip of the split. The rate counts only the
     # frames extracted in this run.
-    total_frames = sum(features[clip.name].n_frames for clip in clips)
-    total_rows = sum(features[clip.name].n_rows for clip in clips)
+    total_frames = sum(done[clip.name][1] for clip in clips)
+    total_rows = sum(done[clip.name][2] for clip in clips)
     summary = (
         f"{split}: {len(clips)} clips ({len(pending)} extracted, "
         f"{len(clips) - len(pending)} cached), {total_frames} frames, {total_rows} rows"
@@ -690,6 +788,13 @@ def _extract_split(
     if n_frames:
         summary += f", {seconds:.1f} s extracting, {n_frames / seconds:.1f} frames/s"
     logger.info("%s", summary)
+    if lazy:
+        files = ClipFeatureFiles(
+            paths={clip.name: done[clip.name][0] for clip in clips},
+            n_frames={clip.name: done[clip.name][1] for clip in clips},
+            n_rows={clip.name: done[clip.name][2] for clip in clips},
+        )
+        return files, seconds
     return {clip.name: features[clip.name] for clip in clips}, seconds
 
 
