@@ -6,13 +6,16 @@ import logging
 import math
 import numbers
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import special
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import validate_data
 from tqdm.auto import tqdm
 
 from mulde.aggregate import LevelAggregator
@@ -61,9 +64,16 @@ def score_pairs_per_pass(
 
 
 def check_features(X, name: str = "X", n_features: int | None = None) -> np.ndarray:
-    """Return X as float32 of shape (n, d), or raise ValueError naming the problem."""
+    """Return X as a float array of shape (n, d), or raise ValueError naming it.
+
+    float32 and float64 input keeps its dtype, so the standardisation can
+    subtract the mean in float64 before the detector computes in float32. Any
+    other numeric input becomes float64.
+    """
     try:
-        array = np.asarray(X, dtype=np.float64)
+        array = np.asarray(X)
+        if array.dtype not in (np.float32, np.float64):
+            array = array.astype(np.float64)
     except (TypeError, ValueError) as error:
         raise ValueError(
             f"{name} must be a numeric array of shape (n_samples, n_features); "
@@ -99,7 +109,7 @@ def check_features(X, name: str = "X", n_features: int | None = None) -> np.ndar
             f"{name} has {array.shape[1]} features but the detector was fitted with "
             f"{n_features}; score features built the same way as the training ones."
         )
-    return array.astype(np.float32)
+    return array
 
 
 def make_adam(parameters, learning_rate: float) -> torch.optim.Adam:
@@ -199,8 +209,10 @@ class MULDE(OutlierMixin, BaseEstimator):
 
     Attributes
     ----------
-    mean_, scale_ : ndarray of shape (n_features,)
-        Training standardisation.
+    mean_, scale_ : ndarray of float64, shape (n_features,)
+        Training standardisation, applied in float64.
+    feature_names_in_ : ndarray of str, shape (n_features,)
+        Column names of a DataFrame passed to :meth:`fit`, if it had them.
     levels_ : ndarray of shape (L,)
         Evaluation noise levels.
     network_ : EnergyMLP
@@ -391,6 +403,8 @@ class MULDE(OutlierMixin, BaseEstimator):
         ``y`` is ignored: no labels are used anywhere in fitting.
         """
         self._check_params()
+        # Records feature_names_in_ for a DataFrame, as scikit-learn estimators do.
+        validate_data(self, X, reset=True, skip_check_array=True)
         X = check_features(X)
         if X.shape[0] < 2:
             raise ValueError(
@@ -415,16 +429,27 @@ class MULDE(OutlierMixin, BaseEstimator):
             )
         X_train, X_val = X[np.sort(order[n_val:])], X[np.sort(order[:n_val])]
 
-        # Statistics in float64: a float32 variance overflows above about 1e19.
+        # Statistics and standardisation run in float64, so a large common
+        # offset (timestamps, for example) is removed before the float32 network
+        # receives the rows. A float32 variance also overflows above about 1e19.
         mean = X_train.mean(axis=0, dtype=np.float64)
         scale = X_train.std(axis=0, dtype=np.float64)
-        self.mean_ = mean.astype(np.float32)
-        # A feature whose spread is below float32 rounding of its mean (or below
-        # float32's smallest normal number) is constant: dividing by its spread
-        # would only amplify rounding. Any larger spread, however small in
-        # absolute terms, is scaled to 1.
-        constant = scale <= np.maximum(1e-30, 1e-6 * np.abs(mean))
-        self.scale_ = np.where(constant, 1.0, scale).astype(np.float32)
+        self.mean_ = mean
+        # A feature whose spread is below the rounding of its mean in the input's
+        # dtype (or below that dtype's smallest normal number) is constant:
+        # dividing by its spread would only amplify rounding. Any larger spread,
+        # however small in absolute terms, is scaled to 1.
+        precision = np.finfo(X.dtype)
+        constant = scale <= np.maximum(precision.tiny, 8 * precision.eps * np.abs(mean))
+        self.scale_ = np.where(constant, 1.0, scale)
+        if constant.any():
+            columns = np.flatnonzero(constant)
+            warnings.warn(
+                f"{columns.size} of {X.shape[1]} feature columns are constant in the "
+                f"training rows (columns {columns[:10].tolist()}), so they cannot "
+                "influence any score. Check the feature scale, or drop them.",
+                stacklevel=2,
+            )
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -466,8 +491,13 @@ class MULDE(OutlierMixin, BaseEstimator):
         return self
 
     def _to_tensor(self, X: np.ndarray) -> torch.Tensor:
-        standardised = (X - self.mean_) / self.scale_
-        return torch.as_tensor(standardised, dtype=torch.float32, device=self.device_)
+        """Standardise rows in float64 in blocks and return them as float32."""
+        out = np.empty(X.shape, dtype=np.float32)
+        block = max(1, (1 << 22) // max(X.shape[1], 1))
+        for start in range(0, X.shape[0], block):
+            rows = X[start : start + block].astype(np.float64)
+            out[start : start + block] = (rows - self.mean_) / self.scale_
+        return torch.as_tensor(out, device=self.device_)
 
     def _train(self, x_train: torch.Tensor, x_val: torch.Tensor, seed: int) -> list:
         device = self.device_
@@ -592,16 +622,23 @@ class MULDE(OutlierMixin, BaseEstimator):
 
         With ``score_norms=True`` also return ||sigma_l grad_x f(x, sigma_l)||^2 of
         shape (n, L). Energies alone build no autograd graph. ``levels`` evaluates
-        other noise levels than ``levels_``; the aggregator is fitted on
-        ``levels_`` only.
+        other noise levels than ``levels_``: a list of levels, or "linear" or
+        "log" for as many levels as ``levels_`` on that grid. The aggregator is
+        fitted on ``levels_`` only.
         """
         self._check_fitted("network_")
-        X = check_features(X, n_features=self.n_features_in_)
+        n_features = self.n_features_in_
+        if hasattr(self, "feature_names_in_") or hasattr(X, "columns"):
+            # Rejects DataFrame columns that differ from the training ones.
+            validate_data(self, X, reset=False, skip_check_array=True)
+        X = check_features(X, n_features=n_features)
         x = self._to_tensor(X)
         levels = (
             self.levels_
             if levels is None
-            else evaluation_levels(levels, 0, self.sigma_low, self.sigma_high)
+            else evaluation_levels(
+                levels, len(self.levels_), self.sigma_low, self.sigma_high
+            )
         )
         levels = torch.as_tensor(levels, dtype=torch.float32, device=self.device_)
         pairs = score_pairs_per_pass(
@@ -653,6 +690,32 @@ class MULDE(OutlierMixin, BaseEstimator):
     def predict(self, X) -> np.ndarray:
         """1 for samples whose anomaly score exceeds ``threshold_``, else 0."""
         return (self.decision_function(X) > self.threshold_).astype(int)
+
+    def predict_proba(self, X, method: str = "linear") -> np.ndarray:
+        """Outlier probability of shape (n, 2): columns normal, anomalous.
+
+        As in PyOD, the anomaly score is mapped with the training scores
+        ``decision_scores_``: ``"linear"`` rescales it by their minimum and
+        maximum and clips to [0, 1]; ``"unify"`` standardises it by their mean
+        and standard deviation and applies the Gaussian error function, clipped
+        at 0 (Kriegel et al., SDM 2011).
+        """
+        self._check_fitted()
+        if method not in ("linear", "unify"):
+            raise ValueError(
+                f"Unknown method {method!r} for predict_proba; use 'linear' or 'unify'."
+            )
+        scores = self.decision_function(X)
+        train = self.decision_scores_
+        if method == "linear":
+            spread = train.max() - train.min()
+            anomalous = (scores - train.min()) / (spread if spread > 0 else 1.0)
+            anomalous = np.clip(anomalous, 0.0, 1.0)
+        else:
+            spread = train.std()
+            z = (scores - train.mean()) / (spread if spread > 0 else 1.0)
+            anomalous = np.clip(special.erf(z / np.sqrt(2.0)), 0.0, 1.0)
+        return np.stack([1.0 - anomalous, anomalous], axis=1)
 
     # ------------------------------------------------------------ persistence
 

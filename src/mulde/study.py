@@ -250,7 +250,7 @@ def load_adbench(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             with archive as data:
                 names = sorted(data.files)
                 X = data["X"].astype(np.float64) if "X" in names else None
-                y = data["y"].astype(int).ravel() if "y" in names else None
+                y = data["y"].astype(np.float64).ravel() if "y" in names else None
         except (ValueError, OSError, zipfile.BadZipFile) as error:
             raise ValueError(
                 f"{path} cannot be read as numeric X and y arrays ({error})."
@@ -270,9 +270,15 @@ def load_adbench(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             raise ValueError(
                 f"{path}: X has shape {X.shape} but y has {len(y)} labels."
             )
-        if not set(np.unique(y)) <= {0, 1} or y.min() == y.max():
+        others = np.unique(y[(y != 0) & (y != 1)])
+        if others.size:
+            raise ValueError(
+                f"{path}: y has values other than 0 (normal) and 1 (anomaly), such "
+                f"as {others[:3].tolist()}; give one 0 or 1 label per row."
+            )
+        if y.min() == y.max():
             raise ValueError(f"{path}: y must hold both 0 (normal) and 1 (anomaly).")
-        sets[path.stem] = (X, y)
+        sets[path.stem] = (X, y.astype(int))
     if not sets:
         raise FileNotFoundError(f"No .npz files found in {folder}.")
     return sets

@@ -1,0 +1,77 @@
+"""Detector input that scikit-learn users pass: offsets, DataFrames, levels, labels."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mulde import MULDE
+from mulde.study import load_adbench
+
+TINY = {"hidden_sizes": (16, 16), "epochs": 2, "random_state": 0, "device": "cpu"}
+
+
+@pytest.fixture
+def X():
+    return np.random.default_rng(0).normal(size=(300, 3))
+
+
+def test_large_offset_keeps_scores(X):
+    """A common offset of 1e9 is removed in float64 before the float32 network."""
+    plain = MULDE(**TINY).fit(X).decision_function(X[:20])
+    shifted = MULDE(**TINY).fit(X + 1e9).decision_function(X[:20] + 1e9)
+    assert np.unique(shifted).size == 20
+    np.testing.assert_allclose(shifted, plain, rtol=1e-5)
+
+
+def test_constant_column_warns(X):
+    X = X.copy()
+    X[:, 2] = 2.0**62
+    with pytest.warns(UserWarning, match=r"1 of 3 feature columns are constant"):
+        MULDE(**TINY).fit(X)
+
+
+def test_dataframe_records_feature_names(X):
+    frame = pd.DataFrame(X, columns=["speed", "x", "y"])
+    detector = MULDE(**TINY).fit(frame)
+    assert detector.feature_names_in_.tolist() == ["speed", "x", "y"]
+    np.testing.assert_array_equal(
+        detector.decision_function(frame), detector.decision_function(X)
+    )
+
+
+def test_dataframe_reordered_columns_rejected(X):
+    frame = pd.DataFrame(X, columns=["speed", "x", "y"])
+    detector = MULDE(**TINY).fit(frame)
+    with pytest.raises(ValueError, match="feature names"):
+        detector.decision_function(frame[["y", "x", "speed"]])
+
+
+@pytest.mark.parametrize("method", ["linear", "unify"])
+def test_predict_proba_rows_sum_to_one(X, method):
+    detector = MULDE(**TINY).fit(X)
+    proba = detector.predict_proba(np.vstack([X[:5], X[:1] + 50.0]), method=method)
+    assert proba.shape == (6, 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    assert ((proba >= 0) & (proba <= 1)).all()
+    # A far outlier is the most anomalous row.
+    assert proba[-1, 1] == proba[:, 1].max()
+    assert proba[-1, 1] > 0.9
+
+
+def test_predict_proba_unknown_method(X):
+    detector = MULDE(**TINY).fit(X)
+    with pytest.raises(ValueError, match="'linear' or 'unify'"):
+        detector.predict_proba(X, method="rank")
+
+
+def test_named_grid_for_other_levels(X):
+    detector = MULDE(**TINY).fit(X)
+    energies = detector.multiscale_scores(X[:4], levels="log")
+    assert energies.shape == (4, len(detector.levels_))
+
+
+def test_study_rejects_fractional_labels(tmp_path):
+    y = np.r_[np.zeros(8), np.ones(1), 0.6]
+    np.savez(tmp_path / "set.npz", X=np.ones((10, 2)), y=y)
+    with pytest.raises(ValueError, match=r"other than 0 \(normal\) and 1.*0\.6"):
+        load_adbench(tmp_path)
