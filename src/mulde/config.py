@@ -116,7 +116,9 @@ class RunConfig:
     @classmethod
     def from_file(cls, path: Path) -> RunConfig:
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            # "utf-8-sig" also accepts the byte order mark that some Windows
+            # editors write.
+            data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
         except FileNotFoundError as error:
             raise FileNotFoundError(
                 f"Configuration file {path} does not exist."
@@ -143,6 +145,13 @@ class RunConfig:
         check_field_types(self.scoring, "scoring.")
         check_field_types(self)
         # Every type is checked now, so the checks below are of values only.
+        from mulde.video.datasets import DATASETS
+
+        if self.dataset.name.lower() not in DATASETS:
+            raise ValueError(
+                f"Unknown dataset.name {self.dataset.name!r}; use one of "
+                f"{', '.join(DATASETS)}."
+            )
         if self.scoring.scoring not in SCORINGS:
             raise ValueError(
                 f"Unknown scoring {self.scoring.scoring!r}; use one of "

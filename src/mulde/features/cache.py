@@ -5,9 +5,10 @@
 12 hex digits of the SHA-256 of the configuration fields that change features.
 Next to the split folders, ``manifest.json`` records the extractor, the package
 version, the configuration, the backbone, and each clip's frame count and source
-signature (path, modification time, size). A clip is reused when its manifest
-entry matches its current source and its file loads, so an interrupted run
-resumes where it stopped and a changed source is extracted again.
+signature (path, modification time, size, and for frame folders a digest of the
+file names, sizes and times). A clip is reused when its manifest entry matches
+its current source and its file loads, so an interrupted run resumes where it
+stopped and a changed source is extracted again.
 """
 
 from __future__ import annotations
@@ -27,7 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mulde.features.backbone import Backbone, get_backbone
+from mulde.features.backbone import (
+    _TORCHVISION_PREFIX,
+    Backbone,
+    get_backbone,
+    list_backbones,
+)
 from mulde.features.flow import DEFAULT_MAGNITUDE_EDGES, FLOW_PRESETS
 from mulde.features.proposals import ProposalConfig
 from mulde.network import dtype_name, resolve_device, resolve_precision
@@ -78,6 +84,9 @@ _RUNTIME_FIELDS = (
     "torch_threads",
 )
 _TEMP_PREFIX = ".tmp-"
+# Source signature key of a frame folder's file names, sizes and times. Manifests
+# written before it existed lack it (see _load_cached).
+_FILES_DIGEST_KEY = "files_sha256"
 # Writing one clip's file takes well under a second, so a temporary file this old
 # belongs to a run that was killed.
 _STALE_TEMP_SECONDS = 3600.0
@@ -373,6 +382,7 @@ class FeatureConfig:
         _check_choice("flow_preset", self.flow_preset, tuple(FLOW_PRESETS))
         _check_choice("window_mode", self.window_mode, WINDOW_MODES)
         _check_choice("frame_pooling", self.frame_pooling, FRAME_POOLINGS)
+        _check_backbone_name(self.backbone)
         if isinstance(self.proposals, dict):
             object.__setattr__(
                 self, "proposals", ProposalConfig.from_dict(self.proposals)
@@ -511,6 +521,24 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(
             f"invalid {name} {value!r}; valid values: {', '.join(choices)}"
+        )
+
+
+def _check_backbone_name(name: str) -> None:
+    """Reject a backbone name that :func:`get_backbone` would not accept.
+
+    Names are checked against the registry at the time of the call, so a backbone
+    registered later with ``register_backbone`` is rejected until then.
+    """
+    if name.startswith(_TORCHVISION_PREFIX):
+        # The model name is checked when torchvision builds the model.
+        valid = len(name) > len(_TORCHVISION_PREFIX)
+    else:
+        valid = name in list_backbones()
+    if not valid:
+        raise ValueError(
+            f"unknown features.backbone {name!r}; valid names: "
+            f"{', '.join(list_backbones())}"
         )
 
 
@@ -713,6 +741,8 @@ def _extract_split(
     # File, frame count and row count of every clip done so far.
     done: dict[str, tuple[Path, int, int]] = {}
     pending: list[tuple[Clip, dict]] = []
+    # Cached entries that get the file digest that older versions did not write.
+    upgraded = 0
     for clip in clips:
         signature = _source_signature(clip.source)
         entry = entries.get(clip.name)
@@ -722,10 +752,20 @@ def _extract_split(
             continue
         path = folder / entry.get("file", f"{split}/{clip.name}.npz")
         done[clip.name] = (path, cached.n_frames, cached.n_rows)
+        if _FILES_DIGEST_KEY in signature and _FILES_DIGEST_KEY not in entry:
+            entry[_FILES_DIGEST_KEY] = signature[_FILES_DIGEST_KEY]
+            upgraded += 1
         if not lazy:
             features[clip.name] = cached
         # Free this clip before the next one loads.
         del cached
+    if upgraded:
+        logger.info(
+            "features %s: recorded the frame file digest of %d cached clips",
+            split,
+            upgraded,
+        )
+        _write_manifest(folder / MANIFEST_NAME, manifest)
 
     start = time.perf_counter()
     n_frames = 0
@@ -804,7 +844,16 @@ def _load_cached(
     """Return the cached features of a clip, or None if they must be extracted."""
     if entry is None:
         return None
-    if any(entry.get(key) != value for key, value in signature.items()):
+    # An entry written before _FILES_DIGEST_KEY existed is trusted when the other
+    # values match, and _extract_split then records the digest.
+    # NOTE: frames renamed or swapped after such an entry was written, and before
+    # this check first runs, go unnoticed.
+    compared = [
+        key
+        for key in signature
+        if key != _FILES_DIGEST_KEY or _FILES_DIGEST_KEY in entry
+    ]
+    if any(entry.get(key) != signature[key] for key in compared):
         logger.info("source of %s clip %s changed; extracting again", split, clip.name)
         return None
     path = folder / entry.get("file", f"{split}/{clip.name}.npz")
@@ -912,16 +961,30 @@ def _source_signature(source: Path) -> dict:
 
     For a video file, ``mtime_ns`` and ``size`` (bytes) are the file's. For a
     folder of frames they are the latest modification time and the total size of
-    the files directly inside it, and ``n_files`` counts them.
+    the files directly inside it, ``n_files`` counts them, and ``files_sha256``
+    is the SHA-256 of each file's name, size and modification time in name
+    order. That digest changes when frames are renamed, swapped or replaced,
+    which leaves the other three values unchanged. File contents are not read.
     """
     source = Path(source)
     if source.is_dir():
-        stats = [entry.stat() for entry in os.scandir(source) if entry.is_file()]
+        files = sorted(
+            (entry.name, entry.stat())
+            for entry in os.scandir(source)
+            if entry.is_file()
+        )
+        # NOTE: two frames of equal size and modification time that swap names
+        # keep the digest, because contents are not read.
+        digest = hashlib.sha256()
+        for name, stat in files:
+            digest.update(os.fsencode(name) + b"\0")
+            digest.update(f"{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
         return {
             "source": str(source.resolve()),
-            "mtime_ns": max((stat.st_mtime_ns for stat in stats), default=0),
-            "size": sum(stat.st_size for stat in stats),
-            "n_files": len(stats),
+            "mtime_ns": max((stat.st_mtime_ns for _, stat in files), default=0),
+            "size": sum(stat.st_size for _, stat in files),
+            "n_files": len(files),
+            _FILES_DIGEST_KEY: digest.hexdigest(),
         }
     stat = source.stat()
     return {

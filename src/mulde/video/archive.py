@@ -79,6 +79,9 @@ DATASET_SOURCES: dict[str, dict] = {
 }
 
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+_TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+# Folder levels below the archive's top that are searched for the dataset root.
+_ROOT_SEARCH_DEPTH = 4
 _LINK_KINDS = ("symlink", "hardlink")
 
 
@@ -112,17 +115,20 @@ def unpack_archive(
 ) -> Path:
     """Extract a dataset archive into ``dest`` and return the dataset root.
 
-    Accepts ``.tar.gz``, ``.tgz``, ``.tar`` and ``.zip``. Members with absolute
-    paths or ``..`` components, symlinks or hard links that resolve outside the
-    archive, and device or FIFO members are rejected before anything is moved
-    into ``dest``. So are two files or links with the same name, and a file or
+    Accepts ``.tar.gz``, ``.tgz``, ``.tar`` and ``.zip`` files, recognised by
+    their content, so a zip named ``.tar.gz`` is read as a zip. Members with
+    absolute paths or ``..`` components, symlinks or hard links that resolve
+    outside the archive, and device or FIFO members are rejected before anything
+    is moved into ``dest``. So are two files or links with the same name, and a file or
     link whose path another member needs as a folder. These checks, except the
     one that resolves chains of symlinks, run before any file is extracted.
 
-    The archive is first extracted into a temporary folder next to ``dest``. If
-    ``dest`` does not exist, that folder is renamed to ``dest``. Otherwise each
-    top-level entry is renamed into ``dest``, and an entry that already exists
-    there is an error, raised before anything is moved. An interrupted or failed
+    The archive is first extracted into a temporary folder next to ``dest``, and
+    the dataset folder is looked for there, so an archive without the dataset
+    leaves ``dest`` unchanged. If ``dest`` does not exist, the temporary folder
+    is renamed to ``dest``. Otherwise each top-level entry is renamed into
+    ``dest``, and an entry that already exists there is an error, raised before
+    anything is moved. An interrupted or failed
     extraction deletes the temporary folder, except when the process is killed
     outright, which leaves a hidden ``.<dest>.partial-*`` folder next to ``dest``.
 
@@ -170,23 +176,21 @@ def unpack_archive(
     staging.chmod(0o755)
     try:
         _extract(archive, staging)
-        moved = _move_into_place(staging, dest)
+        # Only the extracted entries are searched, so data already in dest is
+        # never taken for the dataset, and a wrong archive leaves dest unchanged.
+        root = locate_dataset_root(source_name, staging, max_depth=_ROOT_SEARCH_DEPTH)
+        if root is None:
+            raise ValueError(
+                f"Nothing was unpacked into {dest}: found no {source_name} dataset "
+                f"folder in {archive} (expected "
+                f"{DATASET_SOURCES[source_name]['root']}). Check that this is the "
+                f"right archive.\n{describe_sources(source_name)}"
+            )
+        _move_into_place(staging, dest)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-
-    # Only the extracted entries are searched, so other data in dest is not picked.
-    root = locate_dataset_root(source_name, dest, max_depth=0)
-    for entry in moved:
-        if root is None and entry.is_dir():
-            root = locate_dataset_root(source_name, entry)
-    if root is None:
-        raise ValueError(
-            f"Extracted {archive} into {dest}, but found no {source_name} dataset "
-            f"folder there (expected {DATASET_SOURCES[source_name]['root']}). Check "
-            f"that this is the right archive.\n{describe_sources(source_name)}"
-        )
-    return root
+    return dest / root.relative_to(staging)
 
 
 def _source(name: str) -> dict:
@@ -221,16 +225,48 @@ _DAMAGED_HINT = (
 
 
 def _extract(archive: Path, staging: Path) -> None:
-    name = archive.name.lower()
-    if name.endswith(".zip"):
+    archive_format = _archive_format(archive)
+    if archive_format == "zip":
         _extract_zip(archive, staging)
-    elif name.endswith((".tar.gz", ".tgz", ".tar")):
+    elif archive_format == "tar":
         _extract_tar(archive, staging)
     else:
         raise ValueError(
-            f"Unsupported archive {archive}: expected a file ending in "
-            f"{', '.join(_ARCHIVE_SUFFIXES)}."
+            f"Unsupported archive {archive}: expected a zip or tar file, or a file "
+            f"ending in {', '.join(_ARCHIVE_SUFFIXES)}."
         )
+
+
+def _archive_format(archive: Path) -> str | None:
+    """Return ``"zip"`` or ``"tar"`` by content, else by name, else None.
+
+    The content decides first, so a zip saved under a ``.tar.gz`` name is still
+    read as a zip. The name decides when the content is neither, so a truncated
+    archive reaches the reader that reports it as damaged.
+    """
+    name = archive.name.lower()
+    named = (
+        "zip"
+        if name.endswith(".zip")
+        else "tar"
+        if name.endswith(_TAR_SUFFIXES)
+        else None
+    )
+    # zipfile looks for its end record in the last 64 KiB, which can be the record
+    # of a zip stored inside a tar, so a name's claim is confirmed first.
+    for candidate in (named, "zip", "tar"):
+        if candidate is not None and _has_format(archive, candidate):
+            return candidate
+    return named
+
+
+def _has_format(archive: Path, archive_format: str) -> bool:
+    try:
+        if archive_format == "zip":
+            return zipfile.is_zipfile(archive)
+        return tarfile.is_tarfile(archive)
+    except (OSError, EOFError, zlib.error):
+        return False
 
 
 def _safe_parts(name: str, archive: Path) -> tuple[str, ...]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from mulde.video.readers import list_frame_files, read_image
+from mulde.video.readers import list_frame_files, natural_sort_key, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -469,11 +469,6 @@ def normalize_clip_key(name: str) -> str:
     if match is not None:
         return str(int(match.group("number")))
     return key
-
-
-def natural_sort_key(name: str) -> list[int | str]:
-    """Return a sort key that orders embedded numbers by value (``2`` before ``10``)."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def _raise_unmatched(

@@ -6,6 +6,7 @@ memory stays bounded by one decoded frame regardless of the clip length.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -21,6 +22,11 @@ VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov")
 
 # A stem such as "001" or "frame_0001": a fixed prefix followed by the frame number.
 _NUMBERED_STEM = re.compile(r"^(?P<prefix>.*?)(?P<number>\d+)$")
+
+logger = logging.getLogger(__name__)
+# Folders that got the name-order warning, so that it is logged once per folder
+# although a clip's folder is listed several times.
+_WARNED_FOLDERS: set[Path] = set()
 
 
 class VideoReadError(ValueError):
@@ -46,16 +52,18 @@ def list_frame_files(folder: str | os.PathLike[str]) -> list[Path]:
 
     Files whose stems are numbers with a common prefix (``000.jpg``, ``frame_12.png``)
     are sorted by that number, so ``9.jpg`` comes before ``10.jpg``. Other names are
-    sorted lexicographically. Hidden files (``.DS_Store``, ``._001.tif``) and files
-    with other extensions (``Thumbs.db``) are skipped.
+    sorted lexicographically, with a logged warning when that order differs from
+    the order of the numbers in the names. Hidden files (``.DS_Store``,
+    ``._001.tif``) and files with other extensions (``Thumbs.db``) are skipped.
 
     Raises
     ------
     VideoNotFoundError
         If ``folder`` does not exist.
     VideoReadError
-        If ``folder`` is not a directory, contains no images, or two images carry
-        the same frame number.
+        If ``folder`` is not a directory, contains no images, two images carry
+        the same frame number, or numbered frames with a common prefix share the
+        folder with images without a number (``cover.jpg`` and ``frame1.jpg``).
     """
     folder = Path(folder)
     if not folder.exists():
@@ -82,8 +90,20 @@ def list_frame_files(folder: str | os.PathLike[str]) -> list[Path]:
 def _sort_frame_files(images: list[Path], folder: Path) -> list[Path]:
     matches = [_NUMBERED_STEM.match(path.stem) for path in images]
     prefixes = {match.group("prefix") for match in matches if match is not None}
-    if None in matches or len(prefixes) != 1:
-        return sorted(images, key=lambda path: path.name)
+    unnumbered = sorted(
+        path.name for match, path in zip(matches, images, strict=True) if match is None
+    )
+    if len(prefixes) == 1 and unnumbered:
+        numbered_name = min(
+            (int(match.group("number")), path.name)
+            for match, path in zip(matches, images, strict=True)
+            if match is not None
+        )[1]
+        _raise_unnumbered(folder, unnumbered, numbered_name)
+    if len(prefixes) != 1:
+        by_name = sorted(images, key=lambda path: path.name)
+        _warn_if_name_order_differs(folder, by_name)
+        return by_name
 
     numbered = sorted(
         (int(match.group("number")), path.name, path)
@@ -98,6 +118,49 @@ def _sort_frame_files(images: list[Path], folder: Path) -> list[Path]:
                 f"{number}: {name} and {next_name}. Keep one image per frame."
             )
     return [path for _, _, path in numbered]
+
+
+def _raise_unnumbered(folder: Path, unnumbered: list[str], numbered_name: str) -> None:
+    listed = ", ".join(unnumbered[:5])
+    if len(unnumbered) > 5:
+        listed += f" and {len(unnumbered) - 5} more"
+    raise VideoReadError(
+        f"Frame folder {folder} contains numbered frames such as {numbered_name} "
+        f"and images without a frame number: {listed}. Their "
+        "place in the clip is unknown, so move them out of the clip folder, or "
+        "rename them to their frame numbers."
+    )
+
+
+def _warn_if_name_order_differs(folder: Path, by_name: list[Path]) -> None:
+    """Warn when name order puts ``frame10`` before ``frame9``, once per folder.
+
+    Names whose numbers are zero-padded to one width, timestamps included, sort
+    the same either way and get no warning.
+    """
+    by_number = sorted(by_name, key=lambda path: natural_sort_key(path.name))
+    if by_number == by_name or folder in _WARNED_FOLDERS:
+        return
+    _WARNED_FOLDERS.add(folder)
+    first, second = next(
+        (named, numbered)
+        for named, numbered in zip(by_name, by_number, strict=True)
+        if named != numbered
+    )
+    logger.warning(
+        "Frame folder %s has names that do not end in frame numbers after one "
+        "common prefix, so its frames are read in name order, which puts %s "
+        "before %s. If that order is wrong, rename the frames to one prefix and a "
+        "frame number (000.jpg, 001.jpg, ...).",
+        folder,
+        first.name,
+        second.name,
+    )
+
+
+def natural_sort_key(name: str) -> list[int | str]:
+    """Return a sort key that orders embedded numbers by value (``2`` before ``10``)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
