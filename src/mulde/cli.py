@@ -15,10 +15,33 @@ logger = logging.getLogger("mulde")
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
     return value
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Append "(default: X)" to help texts that name no default themselves.
+
+    Unlike ``argparse.ArgumentDefaultsHelpFormatter``, it leaves out defaults of
+    None, False and empty lists, which mean "not given".
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default in (None, False, [])
+            or default is argparse.SUPPRESS
+            or not action.option_strings
+        ):
+            return text
+        return text + " (default: %(default)s)"
 
 
 def _widths(text: str) -> list[int]:
@@ -176,7 +199,7 @@ def _add_data_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "data",
         help="show where to download a data set, or unpack its archive",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument(
         "dataset", choices=["ped1", "ped2", "avenue", "shanghaitech"], help="data set"
@@ -209,15 +232,36 @@ def _add_score_parser(subparsers) -> None:
         help="feature cache root (default: the run's, else $XDG_CACHE_HOME/mulde); "
         "features of scored clips go to its subfolder 'scored'",
     )
-    parser.add_argument("--quiet", action="store_true", help="log warnings only")
+    parser.add_argument(
+        "--device",
+        help="auto, cpu, cuda or cuda:N (default: the run's device where "
+        "available, else cpu)",
+    )
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="only warnings and errors"
+    )
 
 
 def _score(args: argparse.Namespace) -> int:
+    from mulde.network import resolve_device
     from mulde.score_video import score_clip_folder
 
+    if args.device is not None:
+        try:
+            resolve_device(args.device)
+        except ValueError as error:
+            raise ValueError(
+                f"--device {args.device}: {error} Pass --device cpu, or --device "
+                "auto to use CUDA only where it is available."
+            ) from error
     cache_dir = Path(args.cache_dir) if args.cache_dir else None
     smoothed = score_clip_folder(
-        Path(args.run), Path(args.clips), Path(args.out), cache_dir, not args.quiet
+        Path(args.run),
+        Path(args.clips),
+        Path(args.out),
+        cache_dir,
+        not args.quiet,
+        args.device,
     )
     frames = sum(len(values) for values in smoothed.values())
     print(f"scored {len(smoothed)} clips, {frames} frames: {args.out}")
@@ -260,6 +304,13 @@ def resolve_run_config(args: argparse.Namespace):
         "device": args.device,
     }
     config.detector |= {k: v for k, v in detector_options.items() if v is not None}
+    aggregation = config.detector.get("aggregation")
+    if args.level_index is not None and aggregation != "level":
+        raise ValueError(
+            f"--level-index {args.level_index} applies only with --aggregation "
+            f"level, but the aggregation is {aggregation!r}; add --aggregation "
+            "level or drop --level-index."
+        )
     if args.features is not None:
         config.features["mode"] = args.features
     if args.flow_gap is not None:
@@ -336,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_study_parser(subparsers)
+        # The study's help texts state their own defaults, which argparse's
+        # ArgumentDefaultsHelpFormatter would print a second time.
+        subparsers.choices["study"].formatter_class = _HelpFormatter
     return parser
 
 

@@ -155,6 +155,16 @@ def load_detector(path: Path, device: str = "auto"):
             f"{FORMAT_VERSION}. Refit and save the detector with this version."
         )
 
+    # A device that this machine lacks is no fault of the file, so it is
+    # checked apart from the header.
+    try:
+        resolved_device = resolve_device(device)
+    except ValueError as error:
+        raise ValueError(
+            f"Cannot load {path} on device {device!r}: {error} Pass device='cpu', "
+            "or 'auto' to take CUDA only where it is available."
+        ) from error
+
     try:
         params = header["params"]
         params["device"] = device
@@ -165,7 +175,7 @@ def load_detector(path: Path, device: str = "auto"):
         detector.seed_ = fitted["seed"]
         detector.threshold_ = fitted["threshold"]
         detector.history_ = fitted["history"]
-        detector.device_ = resolve_device(device)
+        detector.device_ = resolved_device
         detector.compute_dtype_ = resolve_precision(
             detector.precision, detector.device_
         )

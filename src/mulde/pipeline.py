@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.decomposition import PCA
@@ -25,8 +26,16 @@ from sklearn.decomposition import PCA
 from mulde.config import RunConfig
 from mulde.detector import MULDE
 from mulde.evaluation import check_clip_scores, frame_metrics, smooth
-from mulde.features.cache import ClipFeatureFiles, ClipFeatures
+from mulde.features.cache import (
+    FEATURE_MODES,
+    ClipFeatureFiles,
+    ClipFeatures,
+    FeatureConfig,
+)
 from mulde.network import dtype_name
+
+if TYPE_CHECKING:
+    from mulde.video.clips import Clip
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +46,10 @@ logger = logging.getLogger(__name__)
 # 150 rows per column, and above the 61,072 training rows of UCSD Ped2, so the
 # PCA of Ped2 is fitted on every row.
 PCA_MAX_ROWS = 200_000
+
+# A first frame with a lower mean brightness (0 to 255) counts as nearly black.
+# 10-bit data in 16-bit PNGs, which OpenCV divides by 256, has a mean below 4.
+DARK_FRAME_BRIGHTNESS = 10.0
 
 
 def default_cache_dir() -> Path:
@@ -208,16 +221,168 @@ def model_file_suffix(groups: list[str], n_models: int) -> str:
     return "" if n_models == 1 else "-" + "+".join(groups)
 
 
+def model_file_names() -> set[str]:
+    """Return every detector and PCA file name that a run can write."""
+    groups: set[str] = set()
+    for mode in FEATURE_MODES:
+        groups.update(RunConfig(features={"mode": mode}).mode_groups())
+    # Per-group file names appear only in runs with more than one model.
+    suffixes = [""] + [model_file_suffix([group], n_models=2) for group in groups]
+    return {
+        f"{kind}{suffix}.safetensors"
+        for kind in ("detector", "pca")
+        for suffix in suffixes
+    }
+
+
+@dataclass(frozen=True)
+class FrameSummary:
+    """Size in pixels and mean brightness (0 to 255) of a clip's first frame."""
+
+    height: int
+    width: int
+    brightness: float
+
+    @property
+    def size(self) -> str:
+        """Width x height, as OpenCV and the frame readers write frame sizes."""
+        return f"{self.width}x{self.height}"
+
+
+def first_frame_summary(clip: Clip) -> FrameSummary:
+    """Decode only the first frame of ``clip`` and return its size and brightness.
+
+    Raises
+    ------
+    ValueError
+        If the clip contains no frames or its first frame cannot be decoded.
+    """
+    from mulde.video.readers import iter_frames
+
+    frames = iter_frames(clip.source)
+    try:
+        frame = next(frames, None)
+    finally:
+        frames.close()
+    if frame is None:
+        raise ValueError(
+            f"Clip {clip.name} ({clip.source}) contains no frames; re-export it or "
+            "remove it from the folder."
+        )
+    return FrameSummary(int(frame.shape[0]), int(frame.shape[1]), float(frame.mean()))
+
+
+def training_frame_size(
+    clips: list[Clip], summaries: Mapping[str, FrameSummary]
+) -> FrameSummary:
+    """Return the first training frame, after checking that all have its size.
+
+    Raises
+    ------
+    ValueError
+        If two training clips have different frame sizes. Features are
+        positions, sizes and speeds in pixels, so they are comparable only
+        between frames of one size.
+    """
+    reference = clips[0]
+    expected = summaries[reference.name]
+    for clip in clips[1:]:
+        summary = summaries[clip.name]
+        if (summary.height, summary.width) != (expected.height, expected.width):
+            raise ValueError(
+                f"Training clip {clip.name} ({clip.source}) has frames of "
+                f"{summary.size} pixels, but training clip {reference.name} has "
+                f"{expected.size} (width x height). The features are positions, "
+                "sizes and speeds in pixels, so all clips of a run need one frame "
+                f"size. Resize the frames to {expected.size}, or train one run per "
+                "camera."
+            )
+    return expected
+
+
+def check_frame_size(
+    clip: Clip, summary: FrameSummary, height: int, width: int, kind: str
+) -> None:
+    """Raise ValueError if ``clip`` has another frame size than the training clips.
+
+    ``kind`` names the clip in the message, for example ``"Test clip"``.
+    """
+    if (summary.height, summary.width) == (height, width):
+        return
+    expected = f"{width}x{height}"
+    raise ValueError(
+        f"{kind} {clip.name} ({clip.source}) has frames of {summary.size} pixels, "
+        f"but the training clips have {expected} (width x height). The features "
+        "are positions, sizes and speeds in pixels, so they are not comparable "
+        f"across frame sizes. Resize the frames of {clip.name} to {expected}, or "
+        "train a run on clips of this camera."
+    )
+
+
 def fit_models(
-    train: Mapping[str, ClipFeatures], config: RunConfig
+    train: Mapping[str, ClipFeatures],
+    config: RunConfig,
+    first_frames: Mapping[str, FrameSummary] | None = None,
 ) -> list[GroupModel]:
-    """Fit one detector on the concatenated groups, or one per group."""
-    models, _ = fit_models_with_rows(train, config)
+    """Fit one detector on the concatenated groups, or one per group.
+
+    ``first_frames`` (see :func:`fit_models_with_rows`) only improves the error
+    message when too few training rows were extracted.
+    """
+    models, _ = fit_models_with_rows(train, config, first_frames)
     return models
 
 
+def _too_few_rows_message(
+    n_rows: int,
+    n_clips: int,
+    config: RunConfig,
+    first_frames: Mapping[str, FrameSummary] | None,
+) -> str:
+    """Explain why the training clips gave fewer than 2 feature rows."""
+    mode = config.features.get("mode", "grid")
+    message = (
+        f"Only {n_rows} training rows were extracted from {n_clips} training clips."
+    )
+    causes = []
+    frames = dict(first_frames or {})
+
+    cell = config.features.get("grid_cell", FeatureConfig.grid_cell)
+    small = [(name, s) for name, s in frames.items() if min(s.height, s.width) < cell]
+    if mode == "grid" and small:
+        name, summary = small[0]
+        causes.append(
+            f"The frames of training clip {name} are {summary.size} pixels, smaller "
+            f"than one grid cell (features.grid_cell={cell} pixels). A cell cut by "
+            "the frame border still needs features.grid_min_foreground of a full "
+            "cell's area, so few cells or none are kept. Use larger frames or a "
+            "smaller features.grid_cell."
+        )
+
+    dark = [(n, s) for n, s in frames.items() if s.brightness < DARK_FRAME_BRIGHTNESS]
+    if dark:
+        name, summary = dark[0]
+        causes.append(
+            f"The first frame of training clip {name} is nearly black (mean "
+            f"brightness {summary.brightness:.1f} of 255), so little foreground "
+            "is found. 16-bit images with 10- or 12-bit data look like this, "
+            "because OpenCV divides 16-bit values by 256. Scale such frames to "
+            "the full 8- or 16-bit range."
+        )
+
+    if not causes:
+        causes.append(
+            f"The feature mode {mode!r} found almost no moving objects. Check that "
+            "the training clips show motion, and lower "
+            "features.proposals.threshold or features.grid_min_foreground."
+        )
+    return " ".join([message, *causes])
+
+
 def fit_models_with_rows(
-    train: Mapping[str, ClipFeatures], config: RunConfig
+    train: Mapping[str, ClipFeatures],
+    config: RunConfig,
+    first_frames: Mapping[str, FrameSummary] | None = None,
 ) -> tuple[list[GroupModel], list[np.ndarray]]:
     """Fit the run's detectors and return them with the rows each was fitted on.
 
@@ -227,6 +392,10 @@ def fit_models_with_rows(
     and the projected rows of all clips. ``train`` may be a
     :class:`~mulde.features.cache.ClipFeatureFiles`, which reads each clip on
     lookup.
+
+    ``first_frames`` maps training clip names to their first frames' summaries
+    (:func:`first_frame_summary`). When too few rows were extracted, the error
+    then names frames smaller than a grid cell or nearly black ones.
 
     Returns
     -------
@@ -250,11 +419,7 @@ def fit_models_with_rows(
     n_rows = sum(counts.values())
     if n_rows < 2:
         raise ValueError(
-            f"Only {n_rows} training rows were extracted from "
-            f"{len(train)} training clips; the feature mode "
-            f"{config.features.get('mode', 'grid')!r} found almost no moving "
-            "objects. Check that the training clips show motion, and lower "
-            "features.proposals.threshold or features.grid_min_foreground."
+            _too_few_rows_message(n_rows, len(train), config, first_frames)
         )
 
     pcas: dict[str, PCA | None] = dict.fromkeys(groups_to_score)
@@ -478,7 +643,7 @@ def write_scores_csv(
 
 def run(config: RunConfig, out: Path) -> dict:
     """Run the main job and write its outputs into ``out``; return the metrics."""
-    from mulde.features import FeatureConfig, extract_dataset
+    from mulde.features import extract_dataset
     from mulde.report import write_report
     from mulde.video import load_dataset
 
@@ -493,9 +658,10 @@ def run(config: RunConfig, out: Path) -> dict:
             raise ValueError(
                 f"Dataset {options.name!r} needs --root, the dataset folder."
             )
+        dataset_root = Path(options.root).expanduser() if options.root else Path.cwd()
         dataset = load_dataset(
             options.name,
-            Path(options.root) if options.root else Path.cwd(),
+            dataset_root,
             train_dir=options.train_dir,
             test_dir=options.test_dir,
             labels=options.labels,
@@ -512,6 +678,11 @@ def run(config: RunConfig, out: Path) -> dict:
                 f"example {shared[0]}; a detector fitted on test clips scores them "
                 "as normal. Give separate training and test folders."
             )
+        cache_dir = (
+            Path(config.cache_dir).expanduser()
+            if config.cache_dir
+            else default_cache_dir()
+        )
         clip_folders = {Path(c.source).resolve().parent for c in dataset.train}
         clip_folders |= {Path(c.source).resolve().parent for c in dataset.test}
         for folder in sorted(clip_folders):
@@ -521,6 +692,12 @@ def run(config: RunConfig, out: Path) -> dict:
                     "run would read the run folder as a clip; choose an --out "
                     "outside the dataset's clip folders."
                 )
+            if cache_dir.resolve().is_relative_to(folder):
+                raise ValueError(
+                    f"--cache-dir {cache_dir} is inside the clip folder {folder}, "
+                    "so the next run would read the feature cache as a clip; "
+                    "choose a --cache-dir outside the dataset's clip folders."
+                )
         classes = np.unique(np.concatenate([c.labels for c in test_clips]))
         if classes.size < 2:
             kind = "anomalous" if classes[0] else "normal"
@@ -529,6 +706,18 @@ def run(config: RunConfig, out: Path) -> dict:
                 f"{options.labels or dataset.root}), so frame AUC is undefined. "
                 "Check the labels, or include test clips with both normal and "
                 "anomalous frames."
+            )
+        # Only the first frame of each clip is decoded, to check the frame sizes
+        # before any features are extracted.
+        train_frames = {clip.name: first_frame_summary(clip) for clip in train_clips}
+        frame_size = training_frame_size(train_clips, train_frames)
+        for clip in test_clips:
+            check_frame_size(
+                clip,
+                first_frame_summary(clip),
+                frame_size.height,
+                frame_size.width,
+                "Test clip",
             )
         dataset = type(dataset)(dataset.name, dataset.root, train_clips, test_clips)
         logger.info(
@@ -540,7 +729,6 @@ def run(config: RunConfig, out: Path) -> dict:
 
     with timer.stage("features"):
         feature_config = FeatureConfig.from_dict(config.features)
-        cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
         _check_cache_folder(cache_dir)
         # Clips stay in the cache files and are read one at a time below.
         features = extract_dataset(
@@ -560,7 +748,7 @@ def run(config: RunConfig, out: Path) -> dict:
             )
 
     with timer.stage("training"):
-        models, train_rows = fit_models_with_rows(train, config)
+        models, train_rows = fit_models_with_rows(train, config, train_frames)
     # Record every detector setting, defaults included, so config.json reruns
     # the same detector even if defaults change.
     resolved = models[0].detector.get_params()
@@ -568,7 +756,10 @@ def run(config: RunConfig, out: Path) -> dict:
         resolved.pop(key)
     resolved["hidden_sizes"] = [int(w) for w in resolved["hidden_sizes"]]
     config.detector = resolved
-    config.cache_dir = str(cache_dir)
+    # Absolute paths, so that config.json reruns and `mulde score` find the data
+    # and the feature cache from any working folder.
+    config.dataset.root = str(dataset_root.resolve())
+    config.cache_dir = str(cache_dir.resolve())
 
     with timer.stage("scoring"):
         _prepare_level_baselines(models, train_rows)
@@ -593,6 +784,8 @@ def run(config: RunConfig, out: Path) -> dict:
         "unsmoothed": metrics_raw,
         "auc_by_level": curve,
         "n_train_rows": [int(m.detector.decision_scores_.shape[0]) for m in models],
+        # `mulde score` rejects new clips of another frame size.
+        "train_frame_size": {"height": frame_size.height, "width": frame_size.width},
         "timings_s": timer.seconds,
         "environment": _environment(models[0].detector),
     }
@@ -619,15 +812,22 @@ def run(config: RunConfig, out: Path) -> dict:
         _publish(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    logger.info(
-        "micro AUC %.4f  macro AUC %.4f  AP %.4f  (smoothed, sigma %.1f frames) -> %s",
-        metrics["micro_auc"],
-        metrics["macro_auc"] or float("nan"),
-        metrics["average_precision"],
-        config.scoring.smoothing_sigma,
-        out,
-    )
+    logger.info("%s", summary_line(metrics, config.scoring.smoothing_sigma, out))
     return metrics
+
+
+def summary_line(metrics: dict, smoothing_sigma: float, out: Path) -> str:
+    """Return the closing log line of a run: its smoothed AUCs, AP and folder.
+
+    A macro AUC of None, where no test clip has both classes, shows as n/a.
+    """
+    macro = metrics["macro_auc"]
+    macro_text = "n/a" if macro is None else f"{macro:.4f}"
+    return (
+        f"micro AUC {metrics['micro_auc']:.4f}  macro AUC {macro_text}  "
+        f"AP {metrics['average_precision']:.4f}  (smoothed, sigma "
+        f"{smoothing_sigma:.1f} frames) -> {out}"
+    )
 
 
 OUTPUT_NAMES = (
@@ -731,14 +931,17 @@ def _publish(staging: Path, out: Path) -> None:
     """Move every staged file into ``out``, replacing older files of the same name.
 
     Model files of an earlier run that this run did not write are removed, so
-    that a concat run after a per-group run leaves no per-group detectors.
+    that a concat run after a per-group run leaves no per-group detectors. Only
+    the names in :func:`model_file_names` count as model files, so a copy such
+    as ``detector_good.safetensors`` stays.
     """
     out.mkdir(parents=True, exist_ok=True)
     staged = {item.name for item in staging.iterdir()}
-    for pattern in ("detector*.safetensors", "pca*.safetensors"):
-        for old in out.glob(pattern):
-            if old.name not in staged:
-                old.unlink()
+    for name in sorted(model_file_names() - staged):
+        old = out / name
+        if old.is_file():
+            logger.info("removing %s of an earlier run", old)
+            old.unlink()
     for item in sorted(staging.iterdir()):
         target = out / item.name
         if target.is_dir() and not item.is_dir():

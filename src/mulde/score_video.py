@@ -30,16 +30,29 @@ def saved_pca(mean: np.ndarray, components: np.ndarray) -> PCA:
     return pca
 
 
-def load_run_models(run_dir: Path) -> tuple[RunConfig, list[GroupModel]]:
+def load_run_models(
+    run_dir: Path, device: str | None = None
+) -> tuple[RunConfig, list[GroupModel]]:
     """Read the configuration, detectors and PCAs of a finished ``mulde run``.
+
+    Parameters
+    ----------
+    run_dir : Path
+        The ``--out`` folder of the run.
+    device : str, optional
+        Device of the detectors: ``"auto"``, ``"cpu"``, ``"cuda"`` or
+        ``"cuda:N"``. By default the run's device, or the CPU where that device
+        is not available here.
 
     Raises
     ------
     FileNotFoundError
         If ``run_dir`` lacks ``config.json`` or a detector file of its scoring.
+    ValueError
+        If ``config.json`` or a model file cannot be read, a PCA file was
+        written for other feature groups than ``config.json`` scores, or
+        ``device`` is not available.
     """
-    from safetensors.numpy import load_file
-
     from mulde import MULDE
 
     run_dir = Path(run_dir)
@@ -48,7 +61,8 @@ def load_run_models(run_dir: Path) -> tuple[RunConfig, list[GroupModel]]:
         raise FileNotFoundError(
             f"{config_path} not found; pass the --out folder of a finished `mulde run`."
         )
-    config = RunConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
+    config = _read_run_config(config_path)
+    device = scoring_device(config, device)
     partitions = model_partitions(config)
     models = []
     for part in partitions:
@@ -58,17 +72,184 @@ def load_run_models(run_dir: Path) -> tuple[RunConfig, list[GroupModel]]:
             raise FileNotFoundError(
                 f"{detector_path} not found; the run folder is incomplete."
             )
-        detector = MULDE.load(
-            detector_path, device=config.detector.get("device", "auto")
-        )
+        detector = MULDE.load(detector_path, device=device)
         pca_path = run_dir / f"pca{suffix}.safetensors"
-        arrays = load_file(str(pca_path)) if pca_path.is_file() else {}
+        arrays, saved_groups = (
+            _read_pca_file(pca_path) if pca_path.is_file() else ({}, None)
+        )
+        if saved_groups is not None and saved_groups != part:
+            raise ValueError(
+                f"{pca_path} was written for the feature groups {saved_groups}, "
+                f"but {config_path} scores {part} with this model, so config.json "
+                "was edited after the run (features.mode or scoring.groups). "
+                "Restore the run's config.json, or run `mulde run` again with the "
+                "new settings."
+            )
         projections = [
             _projection(arrays, g, pca_path) if f"{g}.mean" in arrays else None
             for g in part
         ]
         models.append(GroupModel(part, projections, detector))
     return config, models
+
+
+def _read_run_config(path: Path) -> RunConfig:
+    """Read a run's config.json with :meth:`RunConfig.from_file`.
+
+    ``RunConfig.validate`` rejects a detector device that this machine lacks,
+    such as "cuda" on a CPU machine, although the run's files are intact. Such
+    a configuration is read with device "auto" and keeps its device in
+    ``config.detector``, so that :func:`scoring_device` can fall back to the CPU.
+    """
+    import torch
+
+    try:
+        return RunConfig.from_file(path)
+    except ValueError as error:
+        original = error
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        device = data["detector"]["device"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise original from None
+    on_missing_cuda = (
+        isinstance(device, str)
+        and device.split(":")[0] == "cuda"
+        and not torch.cuda.is_available()
+    )
+    if not on_missing_cuda:
+        raise original
+    data["detector"]["device"] = "auto"
+    config = RunConfig.from_dict(data)
+    config.detector["device"] = device
+    return config
+
+
+def scoring_device(config: RunConfig, device: str | None) -> str:
+    """Return ``device``, or the run's device where available, else ``"cpu"``.
+
+    Raises
+    ------
+    ValueError
+        If ``device`` is given and is invalid or not available on this machine.
+    """
+    from mulde.network import resolve_device
+
+    if device is not None:
+        resolve_device(device)
+        return device
+    run_device = config.detector.get("device", "auto")
+    try:
+        resolve_device(run_device)
+    except ValueError as error:
+        logger.warning(
+            "The run's device %r is not available here (%s); scoring on the CPU. "
+            "Choose the device with --device.",
+            run_device,
+            error,
+        )
+        return "cpu"
+    return run_device
+
+
+def _read_pca_file(path: Path) -> tuple[dict[str, np.ndarray], list[str] | None]:
+    """Read the arrays of a PCA file and the feature groups its metadata names.
+
+    The groups are None when the file does not record them.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as reader:
+            metadata = reader.metadata() or {}
+            arrays = {key: reader.get_tensor(key) for key in reader.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ValueError(
+            f"Model file {path} is not a readable safetensors file ({error}); it is "
+            "corrupt or truncated. Run `mulde run` again to write it anew."
+        ) from error
+    if "groups" not in metadata:
+        return arrays, None
+    try:
+        groups = json.loads(metadata["groups"])
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"Model file {path} has damaged metadata ({error}). Run `mulde run` "
+            "again to write it anew."
+        ) from error
+    return arrays, groups
+
+
+def check_model_inputs(
+    models: list[GroupModel],
+    clip_groups: dict[str, np.ndarray],
+    config: RunConfig,
+    run_dir: Path,
+) -> None:
+    """Check that features built with ``config`` fit each model's PCA and detector.
+
+    Parameters
+    ----------
+    models : list of GroupModel
+        Models from :func:`load_run_models`.
+    clip_groups : dict of str to numpy.ndarray
+        The feature groups of one scored clip; only their widths are used.
+    config : RunConfig
+        The run's configuration, which built ``clip_groups``.
+    run_dir : Path
+        The run folder, named in the messages.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the run reduces a group by PCA but its PCA file is missing.
+    ValueError
+        If a PCA or detector expects another number of columns, because
+        ``config.json`` was edited after the run or a file was replaced.
+    """
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    n_components = config.scoring.pca_components
+    for model in models:
+        suffix = model_file_suffix(model.groups, len(models))
+        pca_path = run_dir / f"pca{suffix}.safetensors"
+        width = 0
+        for group, pca in zip(model.groups, model.pca, strict=True):
+            columns = clip_groups[group].shape[1]
+            if pca is None and n_components is not None and columns > n_components:
+                if not pca_path.is_file():
+                    raise FileNotFoundError(
+                        f"{pca_path} not found, although the run reduces the "
+                        f"{columns} {group} columns to scoring.pca_components="
+                        f"{n_components} by PCA; the run folder is incomplete. "
+                        "Copy the file from the run folder again, or run `mulde "
+                        "run` again."
+                    )
+                raise ValueError(
+                    f"{pca_path} has no PCA of the {group} features, although "
+                    f"{config_path} reduces their {columns} columns to "
+                    f"scoring.pca_components={n_components}. Restore the run's "
+                    "config.json and PCA file, or run `mulde run` again."
+                )
+            if pca is not None and pca.n_features_in_ != columns:
+                raise ValueError(
+                    f"The {group} PCA in {pca_path} expects {pca.n_features_in_} "
+                    f"columns, but the {group} features built with the settings of "
+                    f"{config_path} have {columns} (features.mode "
+                    f"{config.features.get('mode')!r}), so config.json was edited "
+                    "after the run. Restore the run's config.json, or run `mulde "
+                    "run` again with the new settings."
+                )
+            width += columns if pca is None else pca.n_components_
+        detector = model.detector
+        if width != detector.n_features_in_:
+            raise ValueError(
+                f"The detector of {'+'.join(model.groups)} in {run_dir} was fitted "
+                f"on {detector.n_features_in_} features, but the features built "
+                f"with the settings of {config_path} give {width}, so config.json "
+                "was edited after the run. Restore the run's config.json, or run "
+                "`mulde run` again with the new settings."
+            )
 
 
 def _projection(arrays: dict, group: str, path: Path) -> PCA:
@@ -94,6 +275,7 @@ def score_clip_folder(
     out: Path,
     cache_dir: Path | None = None,
     verbose: bool = True,
+    device: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Score every clip in ``clips_dir`` as ``mulde run`` scored its test clips.
 
@@ -101,32 +283,77 @@ def score_clip_folder(
     (frames count from 0 within each clip) and returns the smoothed scores by
     clip. The features come from the run's feature configuration and are
     cached under ``cache_dir/scored`` (the run's own cache folder by default),
-    and clips are read from there one at a time.
+    and clips are read from there one at a time. ``device`` is passed to
+    :func:`load_run_models`.
+
+    Raises
+    ------
+    ValueError
+        If a clip has another frame size than the run's training clips, the
+        feature cache is inside ``clips_dir``, or the run folder's files do not
+        fit together (see :func:`check_model_inputs`).
     """
     from mulde.evaluation import smooth
     from mulde.features.cache import FeatureConfig, extract_dataset
     from mulde.persistence import atomic_write
-    from mulde.pipeline import default_cache_dir, score_clips, write_scores_csv
+    from mulde.pipeline import (
+        check_frame_size,
+        default_cache_dir,
+        first_frame_summary,
+        score_clips,
+        write_scores_csv,
+    )
     from mulde.video.clips import VideoDataset
     from mulde.video.datasets import check_has_frames, discover_clips
 
-    config, models = load_run_models(run_dir)
+    config, models = load_run_models(run_dir, device)
     clips = discover_clips(clips_dir)
     for clip in clips:
         check_has_frames(clip, "input")
-    root = Path(cache_dir or config.cache_dir or default_cache_dir()) / "scored"
+    frame_size = run_frame_size(Path(run_dir))
+    if frame_size is not None:
+        for clip in clips:
+            check_frame_size(clip, first_frame_summary(clip), *frame_size, "Clip")
+    cache_root = Path(cache_dir or config.cache_dir or default_cache_dir())
+    if cache_root.resolve().is_relative_to(Path(clips_dir).resolve()):
+        raise ValueError(
+            f"The feature cache folder {cache_root} (from --cache-dir or the run's "
+            f"config.json) is inside --clips {clips_dir}, so the next score would "
+            f"read the cache as a clip; pass a --cache-dir outside {clips_dir}."
+        )
     dataset = VideoDataset("new", Path(clips_dir), train=[], test=clips)
     # lazy: the clips stay in the cache and are scored one at a time.
     features = extract_dataset(
         dataset,
         FeatureConfig.from_dict(config.features),
-        root,
+        cache_root / "scored",
         verbose=verbose,
         lazy=True,
     )["test"]
+    check_model_inputs(models, next(iter(features.values())).groups, config, run_dir)
     raw, _ = score_clips(models, features)
     smoothed = smooth(raw, config.scoring.smoothing_sigma)
 
     atomic_write(Path(out), lambda target: write_scores_csv(target, raw, smoothed))
     logger.info("scored %d clips -> %s", len(clips), out)
     return smoothed
+
+
+def run_frame_size(run_dir: Path) -> tuple[int, int] | None:
+    """Return the (height, width) of the run's training frames from metrics.json.
+
+    Returns None, with a warning, for runs that did not record it.
+    """
+    path = run_dir / "metrics.json"
+    try:
+        size = json.loads(path.read_text(encoding="utf-8"))["train_frame_size"]
+        return int(size["height"]), int(size["width"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        logger.warning(
+            "%s records no training frame size (%s: %s), so the clips' frame "
+            "sizes are not checked; the run may be from an older mulde.",
+            path,
+            type(error).__name__,
+            error,
+        )
+        return None
