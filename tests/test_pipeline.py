@@ -57,6 +57,14 @@ def test_run_writes_every_output(reduced_run):
     assert not list(reduced_run.parent.glob(".*partial*"))
 
 
+def test_report_shows_environment_and_level_caveat(reduced_run):
+    page = (reduced_run / "report.html").read_text(encoding="utf-8")
+    metrics = json.loads((reduced_run / "metrics.json").read_text())
+    assert "<h2>Software and device</h2>" in page
+    assert f"<td>{metrics['environment']['torch']}</td>" in page
+    assert "must not be used to pick a level" in page
+
+
 def test_run_metrics_in_range(reduced_run):
     metrics = json.loads((reduced_run / "metrics.json").read_text())
     for key in ("micro_auc", "macro_auc", "average_precision"):

@@ -89,12 +89,31 @@ def plot_clips(
     plt.close(figure)
 
 
-def plot_auc_by_level(path: Path, curve: dict, weighting_note: str = "") -> None:
+def plot_auc_by_level(
+    path: Path,
+    curve: dict,
+    weighting_note: str = "",
+    combined: dict | None = None,
+) -> None:
+    """Plot the micro AUC of each level alone against sigma.
+
+    ``combined`` maps "unsmoothed" and "smoothed" to the micro AUC of the run's
+    score over all levels, drawn as dashed lines of the same colours.
+    """
     sigma = np.asarray(curve["sigma"])
     figure, axes = plt.subplots(figsize=(5.5, 3.5))
     for key, label in [("micro_auc", "unsmoothed"), ("micro_auc_smoothed", "smoothed")]:
         values = np.asarray(curve[key])
-        axes.plot(sigma, values, marker="o", markersize=3, label=label)
+        line = axes.plot(sigma, values, marker="o", markersize=3, label=label)[0]
+        reference = (combined or {}).get(label)
+        if reference is not None:
+            axes.axhline(
+                reference,
+                color=line.get_color(),
+                linestyle="--",
+                linewidth=1,
+                label=f"{label}, all levels: {reference:.3f}",
+            )
         best = int(values.argmax())
         axes.annotate(
             f"{values[best]:.3f}",
@@ -107,7 +126,7 @@ def plot_auc_by_level(path: Path, curve: dict, weighting_note: str = "") -> None
     axes.set_xlabel("noise level sigma (standard deviations)")
     axes.set_ylabel("frame micro AUC of this level alone")
     axes.set_title("AUC against sigma" + weighting_note)
-    axes.legend()
+    axes.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -136,7 +155,19 @@ def write_report(
     plot_roc(folder / "roc.png", raw, smoothed, labels, metrics)
     clip_auc = metrics.get("smoothed", {}).get("clip_auc", {})
     plot_clips(folder / "clip_scores.png", raw, smoothed, labels, clip_auc)
-    plot_auc_by_level(folder / "auc_by_sigma.png", metrics["auc_by_level"])
+    plot_auc_by_level(
+        folder / "auc_by_sigma.png",
+        metrics["auc_by_level"],
+        combined={
+            variant: metrics[variant]["micro_auc"]
+            for variant in ("unsmoothed", "smoothed")
+        },
+    )
+    aggregation = str(config.get("detector", {}).get("aggregation", "gmm"))
+    environment = "\n".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+        for k, v in metrics.get("environment", {}).items()
+    )
 
     clip_rows = "\n".join(
         f"<tr><th>{html.escape(clip)}</th>"
@@ -188,6 +219,13 @@ frame itself, by feature mode.</p>
 <h2>Scores over time</h2>
 {_image(folder / "clip_scores.png")}
 <h2>AUC of each noise level alone</h2>
+<p>Each point scores the frames with the energy at one noise level alone; the
+dashed lines are the run's score over all levels ({html.escape(aggregation)}
+aggregation). The curve reads the test labels, so it shows where the detector
+separates normal from anomalous frames and must not be used to pick a level:
+that would tune the method on its own test set. To score with one level, fix it
+on validation data of your own and pass
+<code>--aggregation level --level-index I</code>.</p>
 {_image(folder / "auc_by_sigma.png")}
 <h2>Per-clip AUC</h2>
 <table><tr><th>clip</th><th>unsmoothed</th><th>smoothed</th></tr>
@@ -197,6 +235,8 @@ frame itself, by feature mode.</p>
 <table>{timings}</table>
 <p>The report stage and the total time are in metrics.json, which is written
 after this page.</p>
+<h2>Software and device</h2>
+<table>{environment}</table>
 <h2>Configuration</h2>
 <pre>{html.escape(json.dumps(config, indent=2))}</pre>
 </body></html>
