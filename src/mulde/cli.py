@@ -60,6 +60,9 @@ def _add_run_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "run",
         help="score a video data set end to end and write metrics, plots and a report",
+        description="Extract features of a data set's training and test clips, fit "
+        "the detector on the training clips, score the test clips, and write "
+        "metrics, plots, an HTML report and the fitted models to --out.",
     )
     data = parser.add_argument_group("data")
     data.add_argument(
@@ -199,6 +202,8 @@ def _add_data_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "data",
         help="show where to download a data set, or unpack its archive",
+        description="Print the download page and archive name of a data set, or "
+        "with --unpack, check its archive and unpack it into --dest.",
         formatter_class=_HelpFormatter,
     )
     parser.add_argument(
@@ -387,9 +392,17 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_study_parser(subparsers)
+        study = subparsers.choices["study"]
         # The study's help texts state their own defaults, which argparse's
         # ArgumentDefaultsHelpFormatter would print a second time.
-        subparsers.choices["study"].formatter_class = _HelpFormatter
+        study.formatter_class = _HelpFormatter
+        if study.description is None:
+            study.description = (
+                "Fit the detector with the sigma2 and the gaussian loss weighting "
+                "on the same one-class splits of the --adbench sets and --ped2, and "
+                "write the AUCs of both, with paired Wilcoxon tests, to "
+                "--out/study.json."
+            )
     return parser
 
 

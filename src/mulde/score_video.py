@@ -307,7 +307,11 @@ def score_clip_folder(
     from mulde.video.datasets import check_has_frames, discover_clips
 
     config, models = load_run_models(run_dir, device)
-    clips = discover_clips(clips_dir)
+    clips = discover_clips(
+        clips_dir,
+        empty_hint="Point --clips at a folder that contains one subfolder of frame "
+        "images or one video file per clip.",
+    )
     for clip in clips:
         check_has_frames(clip, "input")
     frame_size = run_frame_size(Path(run_dir))
@@ -322,13 +326,15 @@ def score_clip_folder(
             f"read the cache as a clip; pass a --cache-dir outside {clips_dir}."
         )
     dataset = VideoDataset("new", Path(clips_dir), train=[], test=clips)
-    # lazy: the clips stay in the cache and are scored one at a time.
+    # lazy: the clips stay in the cache and are scored one at a time. The new
+    # clips sit in the "test" split of the cache but are logged as "new".
     features = extract_dataset(
         dataset,
         FeatureConfig.from_dict(config.features),
         cache_root / "scored",
         verbose=verbose,
         lazy=True,
+        split_labels={"test": "new"},
     )["test"]
     check_model_inputs(models, next(iter(features.values())).groups, config, run_dir)
     raw, _ = score_clips(models, features)

@@ -650,6 +650,7 @@ def extract_dataset(
     cache_dir: Path,
     verbose: bool = True,
     lazy: bool = False,
+    split_labels: Mapping[str, str] | None = None,
 ) -> DatasetFeatures:
     """Extract the features of every clip of a dataset, reusing cached clips.
 
@@ -667,12 +668,18 @@ def extract_dataset(
         the cache on each lookup, instead of a dict of every clip's features.
         Memory then contains one clip's features at a time, during extraction
         too. Every cached clip is still read once here, to check its file.
+    split_labels : Mapping of str to str, optional
+        Name of a split in log lines and errors, by split key, such as
+        ``{"test": "new"}`` for clips that are scored but not evaluated. A split
+        not named here is logged by its key. The cache folders and the manifest
+        always use the keys.
 
     Returns
     -------
     DatasetFeatures
         A dict with ``result[split][clip.name]`` for the splits ``"train"`` and
         ``"test"``, whose ``timings`` attribute gives the seconds spent per split.
+        A split without clips is empty and gets no log line.
 
     Raises
     ------
@@ -688,12 +695,13 @@ def extract_dataset(
     folder = cache_folder(cache_dir, config)
     folder.mkdir(parents=True, exist_ok=True)
     splits = {"train": list(dataset.train), "test": list(dataset.test)}
+    labels = {split: split for split in splits} | dict(split_labels or {})
     for split, clips in splits.items():
         names = [clip.name for clip in clips]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(
-                f"{split} clips of {dataset.name!r} share names: {duplicates}"
+                f"{labels[split]} clips of {dataset.name!r} share names: {duplicates}"
             )
         _remove_temp_files(folder / split)
 
@@ -714,7 +722,15 @@ def extract_dataset(
     results = DatasetFeatures()
     for split, clips in splits.items():
         results[split], results.timings[split] = _extract_split(
-            split, clips, config, backbone, folder, manifest, verbose, lazy
+            split,
+            clips,
+            config,
+            backbone,
+            folder,
+            manifest,
+            verbose,
+            lazy,
+            labels[split],
         )
     return results
 
@@ -728,14 +744,17 @@ def _extract_split(
     manifest: dict,
     verbose: bool,
     lazy: bool = False,
+    label: str | None = None,
 ) -> tuple[dict[str, ClipFeatures] | ClipFeatureFiles, float]:
     """Extract or load the clips of one split; return them and the seconds spent.
 
     With ``lazy``, each clip's features are dropped once checked or saved, and
     the split comes back as a :class:`ClipFeatureFiles` over the cache files.
+    ``label`` names the split in log lines and errors (default: ``split``).
     """
     from tqdm.auto import tqdm
 
+    label = split if label is None else label
     entries = manifest["clips"].setdefault(split, {})
     features: dict[str, ClipFeatures] = {}
     # File, frame count and row count of every clip done so far.
@@ -746,7 +765,7 @@ def _extract_split(
     for clip in clips:
         signature = _source_signature(clip.source)
         entry = entries.get(clip.name)
-        cached = _load_cached(folder, split, clip, entry, signature)
+        cached = _load_cached(folder, split, clip, entry, signature, label)
         if cached is None:
             pending.append((clip, signature))
             continue
@@ -762,7 +781,7 @@ def _extract_split(
     if upgraded:
         logger.info(
             "features %s: recorded the frame file digest of %d cached clips",
-            split,
+            label,
             upgraded,
         )
         _write_manifest(folder / MANIFEST_NAME, manifest)
@@ -773,7 +792,7 @@ def _extract_split(
     with tqdm(
         total=total,
         unit="frame",
-        desc=f"features {split}",
+        desc=f"features {label}",
         # None: tqdm shows the bar only on a terminal, so that logs redirected to
         # a file get no carriage-return updates.
         disable=True if not verbose or not pending else None,
@@ -785,14 +804,14 @@ def _extract_split(
                 )
             except ValueError as error:
                 raise ValueError(
-                    f"Feature extraction failed on {split} clip {clip.name} "
+                    f"Feature extraction failed on {label} clip {clip.name} "
                     f"({clip.source}): {error}"
                 ) from error
             relative = f"{split}/{clip.name}.npz"
             save_clip_features(clip_features, folder / relative)
             logger.info(
                 "features %s: clip %s extracted (%d of %d), %d frames, %d rows",
-                split,
+                label,
                 clip.name,
                 len(done) + 1,
                 len(clips),
@@ -822,12 +841,15 @@ def _extract_split(
     total_frames = sum(done[clip.name][1] for clip in clips)
     total_rows = sum(done[clip.name][2] for clip in clips)
     summary = (
-        f"{split}: {len(clips)} clips ({len(pending)} extracted, "
+        f"{label}: {len(clips)} clips ({len(pending)} extracted, "
         f"{len(clips) - len(pending)} cached), {total_frames} frames, {total_rows} rows"
     )
     if n_frames:
         summary += f", {seconds:.1f} s extracting, {n_frames / seconds:.1f} frames/s"
-    logger.info("%s", summary)
+    # A split without clips, such as the training split of `mulde score`, has
+    # nothing to report.
+    if clips:
+        logger.info("%s", summary)
     if lazy:
         files = ClipFeatureFiles(
             paths={clip.name: done[clip.name][0] for clip in clips},
@@ -839,9 +861,17 @@ def _extract_split(
 
 
 def _load_cached(
-    folder: Path, split: str, clip: Clip, entry: dict | None, signature: dict
+    folder: Path,
+    split: str,
+    clip: Clip,
+    entry: dict | None,
+    signature: dict,
+    label: str,
 ) -> ClipFeatures | None:
-    """Return the cached features of a clip, or None if they must be extracted."""
+    """Return the cached features of a clip, or None if they must be extracted.
+
+    ``label`` names the split in log lines.
+    """
     if entry is None:
         return None
     # An entry written before _FILES_DIGEST_KEY existed is trusted when the other
@@ -854,7 +884,7 @@ def _load_cached(
         if key != _FILES_DIGEST_KEY or _FILES_DIGEST_KEY in entry
     ]
     if any(entry.get(key) != signature[key] for key in compared):
-        logger.info("source of %s clip %s changed; extracting again", split, clip.name)
+        logger.info("source of %s clip %s changed; extracting again", label, clip.name)
         return None
     path = folder / entry.get("file", f"{split}/{clip.name}.npz")
     if not path.is_file():
@@ -862,7 +892,7 @@ def _load_cached(
     try:
         features = load_clip_features(path)
     except ValueError as error:
-        logger.warning("%s; extracting %s clip %s again", error, split, clip.name)
+        logger.warning("%s; extracting %s clip %s again", error, label, clip.name)
         return None
     if features.n_frames != entry.get("n_frames") or features.n_rows != entry.get(
         "n_rows"
@@ -871,7 +901,7 @@ def _load_cached(
             "feature file %s does not match its manifest entry; "
             "extracting %s clip %s again",
             path,
-            split,
+            label,
             clip.name,
         )
         return None

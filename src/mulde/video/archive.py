@@ -539,9 +539,12 @@ def _move_into_place(staging: Path, dest: Path) -> list[Path]:
     entries = sorted(staging.iterdir())
     clashes = [entry.name for entry in entries if (dest / entry.name).exists()]
     if clashes:
+        if len(clashes) == 1:
+            clash_text = f"{clashes[0]} already exists there. Remove it"
+        else:
+            clash_text = f"{', '.join(clashes)} already exist there. Remove them"
         raise ValueError(
-            f"Cannot unpack into {dest}: {', '.join(clashes)} already exist there. "
-            "Remove them or choose another destination."
+            f"Cannot unpack into {dest}: {clash_text} or choose another destination."
         )
     # NOTE: each rename is atomic, but a failure between two renames leaves the
     # entries moved so far in dest.

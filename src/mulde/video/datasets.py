@@ -195,13 +195,17 @@ def locate_dataset_root(
     return None
 
 
-def discover_clips(folder: str | os.PathLike[str]) -> list[Clip]:
+def discover_clips(
+    folder: str | os.PathLike[str],
+    empty_hint: str = "Check that the dataset was extracted completely.",
+) -> list[Clip]:
     """List the clips of a split folder, sorted by name in natural order.
 
     A clip is a subfolder (of frame images) or a video file with a supported
     extension. Hidden entries, other files and subfolders ending in ``_gt``
     (UCSD pixel masks) are skipped. A folder clip is named after the folder and a
-    video clip after its file stem.
+    video clip after its file stem. ``empty_hint`` ends the error raised for a
+    folder without clips with the next step to take.
 
     Raises
     ------
@@ -225,7 +229,7 @@ def discover_clips(folder: str | os.PathLike[str]) -> list[Clip]:
     if not clips:
         raise VideoReadError(
             f"No clips in {folder}: expected subfolders of frame images or video "
-            "files. Check that the dataset was extracted completely."
+            f"files. {empty_hint}"
         )
 
     clips.sort(key=lambda clip: (natural_sort_key(clip.name), clip.source.name))
