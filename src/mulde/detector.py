@@ -404,7 +404,10 @@ class MULDE(OutlierMixin, BaseEstimator):
         """
         self._check_params()
         # Records feature_names_in_ for a DataFrame, as scikit-learn estimators do.
+        # It is set again at the end, so that scoring the training rows as an
+        # array below raises no feature-name warning.
         validate_data(self, X, reset=True, skip_check_array=True)
+        feature_names = self.__dict__.pop("feature_names_in_", None)
         X = check_features(X)
         if X.shape[0] < 2:
             raise ValueError(
@@ -488,6 +491,8 @@ class MULDE(OutlierMixin, BaseEstimator):
             np.quantile(self.decision_scores_, 1 - self.contamination)
         )
         self.labels_ = (self.decision_scores_ > self.threshold_).astype(int)
+        if feature_names is not None:
+            self.feature_names_in_ = feature_names
         return self
 
     def _to_tensor(self, X: np.ndarray) -> torch.Tensor:
