@@ -119,21 +119,35 @@ def save_detector(detector, path: Path) -> Path:
     )
 
 
+def read_safetensors(
+    path: Path, framework: str, remedy: str
+) -> tuple[dict[str, str], dict]:
+    """Read the metadata and every array of a safetensors file.
+
+    ``framework`` is safetensors' "pt" or "numpy". A file that safetensors
+    cannot parse raises ValueError naming it, with ``remedy`` as the advice.
+    """
+    try:
+        with safe_open(str(path), framework=framework, device="cpu") as reader:
+            metadata = reader.metadata() or {}
+            arrays = {key: reader.get_tensor(key) for key in reader.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ValueError(
+            f"Model file {path} is not a readable safetensors file ({error}); it is "
+            f"corrupt or truncated. {remedy}"
+        ) from error
+    return metadata, arrays
+
+
 def load_detector(path: Path, device: str = "auto"):
     """Read a detector written by :func:`save_detector`."""
     from mulde.detector import MULDE
 
     if not path.is_file():
         raise FileNotFoundError(f"Model file {path} does not exist.")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as reader:
-            metadata = reader.metadata() or {}
-            tensors = {key: reader.get_tensor(key) for key in reader.keys()}
-    except (SafetensorError, OSError, ValueError) as error:
-        raise ValueError(
-            f"Model file {path} is not a readable safetensors file ({error}); it is "
-            "corrupt or truncated. Save the detector again with MULDE.save."
-        ) from error
+    metadata, tensors = read_safetensors(
+        path, "pt", "Save the detector again with MULDE.save."
+    )
 
     try:
         header = json.loads(metadata["mulde"])

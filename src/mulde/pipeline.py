@@ -257,13 +257,9 @@ def first_frame_summary(clip: Clip) -> FrameSummary:
     ValueError
         If the clip contains no frames or its first frame cannot be decoded.
     """
-    from mulde.video.readers import iter_frames
+    from mulde.video.readers import first_frame
 
-    frames = iter_frames(clip.source)
-    try:
-        frame = next(frames, None)
-    finally:
-        frames.close()
+    frame = first_frame(clip.source)
     if frame is None:
         raise ValueError(
             f"Clip {clip.name} ({clip.source}) contains no frames; re-export it or "

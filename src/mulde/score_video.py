@@ -157,17 +157,11 @@ def _read_pca_file(path: Path) -> tuple[dict[str, np.ndarray], list[str] | None]
 
     The groups are None when the file does not record them.
     """
-    from safetensors import SafetensorError, safe_open
+    from mulde.persistence import read_safetensors
 
-    try:
-        with safe_open(str(path), framework="numpy") as reader:
-            metadata = reader.metadata() or {}
-            arrays = {key: reader.get_tensor(key) for key in reader.keys()}
-    except (SafetensorError, OSError, ValueError) as error:
-        raise ValueError(
-            f"Model file {path} is not a readable safetensors file ({error}); it is "
-            "corrupt or truncated. Run `mulde run` again to write it anew."
-        ) from error
+    metadata, arrays = read_safetensors(
+        path, "numpy", "Run `mulde run` again to write it anew."
+    )
     if "groups" not in metadata:
         return arrays, None
     try:

@@ -24,8 +24,8 @@ from mulde.video.labels import (
 from mulde.video.readers import (
     VideoReadError,
     count_frames,
+    first_frame,
     is_video_file,
-    iter_frames,
 )
 
 DATASETS = ("ped1", "ped2", "avenue", "shanghaitech", "generic")
@@ -150,12 +150,7 @@ def check_has_frames(clip: Clip, split: str) -> None:
     if clip.source.is_dir():
         count_frames(clip.source)
         return
-    frames = iter_frames(clip.source)
-    try:
-        first = next(frames, None)
-    finally:
-        frames.close()
-    if first is None:
+    if first_frame(clip.source) is None:
         raise VideoReadError(
             f"The {split} video {clip.source} contains no frames; re-export it or "
             "remove it from the folder."

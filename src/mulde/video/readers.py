@@ -220,6 +220,15 @@ def iter_frames(source: str | os.PathLike[str]) -> Iterator[np.ndarray]:
     return _iter_video(source)
 
 
+def first_frame(source: str | os.PathLike[str]) -> np.ndarray | None:
+    """Decode only the first frame of a clip; None if the clip has no frames."""
+    frames = iter_frames(source)
+    try:
+        return next(frames, None)
+    finally:
+        frames.close()
+
+
 def count_frames(source: str | os.PathLike[str]) -> int:
     """Return the number of frames that ``iter_frames(source)`` yields.
 
