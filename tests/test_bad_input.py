@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import empty_grid_clip
 from sklearn.decomposition import PCA
 
 from mulde import MULDE
@@ -267,20 +268,9 @@ def test_feature_settings_checked_before_work(section, message):
 
 
 def test_no_training_rows_named_before_pca():
-    from mulde.features.cache import ClipFeatures
     from mulde.pipeline import fit_models
 
-    empty = ClipFeatures(
-        n_frames=3,
-        frame_index=np.zeros(0, dtype=np.int64),
-        boxes=np.zeros((0, 4), dtype=np.float32),
-        groups={
-            "velocity": np.zeros((0, 2), np.float32),
-            "appearance": np.zeros((0, 1280), np.float32),
-            "geometry": np.zeros((0, 2), np.float32),
-        },
-    )
-
+    empty = empty_grid_clip()
     with pytest.raises(ValueError, match="Only 0 training rows .* 2 training clips"):
         fit_models({"01": empty, "02": empty}, RunConfig())
 

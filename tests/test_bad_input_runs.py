@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import PED2
+from conftest import PED2, empty_grid_clip
 
 from mulde import MULDE
 from mulde.cli import main
@@ -163,19 +163,9 @@ def test_run_names_nearly_black_frames(tmp_path, capsys):
 
 
 def test_too_few_rows_names_frames_below_grid_cell():
-    from mulde.features.cache import ClipFeatures
     from mulde.pipeline import FrameSummary, fit_models
 
-    empty = ClipFeatures(
-        n_frames=3,
-        frame_index=np.zeros(0, dtype=np.int64),
-        boxes=np.zeros((0, 4), dtype=np.float32),
-        groups={
-            "velocity": np.zeros((0, 2), np.float32),
-            "appearance": np.zeros((0, 1280), np.float32),
-            "geometry": np.zeros((0, 2), np.float32),
-        },
-    )
+    empty = empty_grid_clip()
     config = RunConfig()
     config.resolve_defaults()
     frames = {"01": FrameSummary(16, 24, 120.0)}

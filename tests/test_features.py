@@ -652,20 +652,6 @@ def small_dataset(tmp_path) -> VideoDataset:
     return VideoDataset("ped2-small", frames, train=train, test=test)
 
 
-@pytest.fixture
-def extraction_counter(monkeypatch) -> list[str]:
-    """Record the name of every clip that extract_dataset actually extracts."""
-    extracted: list[str] = []
-    original = feature_cache.extract_clip
-
-    def counting_extract_clip(clip, config, backbone, on_frame=None):
-        extracted.append(clip.name)
-        return original(clip, config, backbone, on_frame=on_frame)
-
-    monkeypatch.setattr(feature_cache, "extract_clip", counting_extract_clip)
-    return extracted
-
-
 def test_extract_dataset_reuses_cache(tmp_path, small_dataset, extraction_counter):
     config = FeatureConfig(batch_size=16)
     cache_dir = tmp_path / "cache"
