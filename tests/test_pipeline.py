@@ -355,6 +355,42 @@ def test_score_new_clips_matches_run(reduced_run, cache_dir, tmp_path):
         assert [row[key] for row in new] == [row[key] for row in old]
 
 
+def test_score_with_labels_reports_run_metrics(reduced_run, cache_dir, tmp_path):
+    # Clip 02 with its labels from the run: its AUC alone is the run's clip AUC.
+    clips = tmp_path / "new"
+    _copy_frames(PED2 / "testing" / "frames" / "02", clips / "02", 1000)
+    with (reduced_run / "scores.csv").open(encoding="utf-8") as handle:
+        old = [row for row in csv.DictReader(handle) if row["clip"] == "02"]
+    labels = np.array([int(row["label"]) for row in old], dtype=np.int8)
+    np.savez(tmp_path / "labels.npz", **{"02": labels})
+    out = tmp_path / "scores.csv"
+    args = ["score", "--run", str(reduced_run), "--clips", str(clips)]
+    args += ["--out", str(out), "--cache-dir", str(cache_dir), "--quiet"]
+    assert main(args + ["--labels", str(tmp_path / "labels.npz")]) == 0
+
+    with out.open(encoding="utf-8") as handle:
+        new = list(csv.DictReader(handle))
+    assert [row["label"] for row in new] == [row["label"] for row in old]
+    metrics = json.loads((tmp_path / "scores.metrics.json").read_text())
+    run_metrics = json.loads((reduced_run / "metrics.json").read_text())
+    expected = run_metrics["smoothed"]["clip_auc"]["02"]
+    assert metrics["micro_auc"] == pytest.approx(expected, abs=1e-12)
+    assert metrics["macro_auc"] == pytest.approx(expected, abs=1e-12)
+    assert 0.0 <= metrics["unsmoothed"]["micro_auc"] <= 1.0
+
+
+def test_score_labels_of_wrong_length_rejected(reduced_run, tmp_path, capsys):
+    clips = tmp_path / "new"
+    _copy_frames(PED2 / "testing" / "frames" / "02", clips / "02", 12)
+    np.savez(tmp_path / "labels.npz", **{"02": np.r_[np.zeros(5), np.ones(5)]})
+    out = tmp_path / "scores.csv"
+    args = ["score", "--run", str(reduced_run), "--clips", str(clips)]
+    args += ["--out", str(out), "--labels", str(tmp_path / "labels.npz"), "-q"]
+    assert main(args) == 2
+    assert "have 10 frames but" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_score_needs_a_finished_run(tmp_path, capsys):
     args = ["score", "--run", str(tmp_path), "--clips", str(tmp_path)]
     assert main(args + ["--out", str(tmp_path / "s.csv")]) == 2

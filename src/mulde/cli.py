@@ -243,6 +243,13 @@ def _add_score_parser(subparsers) -> None:
         "available, else cpu)",
     )
     parser.add_argument(
+        "--labels",
+        metavar="PATH",
+        help="frame labels of the clips (0 normal, 1 anomalous; any format that "
+        "mulde run --labels reads): adds a label column and writes micro and "
+        "macro AUC and AP to the CSV's name with the suffix .metrics.json",
+    )
+    parser.add_argument(
         "-q", "--quiet", action="store_true", help="only warnings and errors"
     )
 
@@ -267,6 +274,7 @@ def _score(args: argparse.Namespace) -> int:
         cache_dir,
         not args.quiet,
         args.device,
+        Path(args.labels) if args.labels else None,
     )
     frames = sum(len(values) for values in smoothed.values())
     print(f"scored {len(smoothed)} clips, {frames} frames: {args.out}")

@@ -270,6 +270,7 @@ def score_clip_folder(
     cache_dir: Path | None = None,
     verbose: bool = True,
     device: str | None = None,
+    labels: Path | None = None,
 ) -> dict[str, np.ndarray]:
     """Score every clip in ``clips_dir`` as ``mulde run`` scored its test clips.
 
@@ -280,6 +281,12 @@ def score_clip_folder(
     and clips are read from there one at a time. ``device`` is passed to
     :func:`load_run_models`.
 
+    With ``labels``, a frame-labels file in any format that ``mulde run
+    --labels`` reads, the CSV gains a label column, and the frame metrics of
+    ``mulde run`` (micro and macro AUC, average precision, unsmoothed and
+    smoothed) are written as JSON beside it, to ``out`` with the suffix
+    ``.metrics.json``. Labels are checked before any feature is extracted.
+
     Raises
     ------
     ValueError
@@ -287,7 +294,7 @@ def score_clip_folder(
         feature cache is inside ``clips_dir``, or the run folder's files do not
         fit together (see :func:`check_model_inputs`).
     """
-    from mulde.evaluation import smooth
+    from mulde.evaluation import check_clip_scores, smooth
     from mulde.features.cache import FeatureConfig, extract_dataset
     from mulde.persistence import atomic_write
     from mulde.pipeline import (
@@ -319,6 +326,9 @@ def score_clip_folder(
             f"config.json) is inside --clips {clips_dir}, so the next score would "
             f"read the cache as a clip; pass a --cache-dir outside {clips_dir}."
         )
+    clip_labels = None
+    if labels is not None:
+        clip_labels = _load_new_clip_labels(Path(labels), clips)
     dataset = VideoDataset("new", Path(clips_dir), train=[], test=clips)
     # lazy: the clips stay in the cache and are scored one at a time. The new
     # clips sit in the "test" split of the cache but are logged as "new".
@@ -334,9 +344,61 @@ def score_clip_folder(
     raw, _ = score_clips(models, features)
     smoothed = smooth(raw, config.scoring.smoothing_sigma)
 
-    atomic_write(Path(out), lambda target: write_scores_csv(target, raw, smoothed))
+    if clip_labels is not None:
+        check_clip_scores(raw, clip_labels)
+    atomic_write(
+        Path(out),
+        lambda target: write_scores_csv(target, raw, smoothed, clip_labels),
+    )
     logger.info("scored %d clips -> %s", len(clips), out)
+    if clip_labels is not None:
+        _write_new_clip_metrics(Path(out), raw, smoothed, clip_labels, config)
     return smoothed
+
+
+def _load_new_clip_labels(path: Path, clips: list) -> dict[str, np.ndarray]:
+    """Read 0/1 frame labels for ``clips`` and check one label per frame."""
+    from mulde.video.labels import LabelError, load_clip_labels
+    from mulde.video.readers import count_frames
+
+    names = [clip.name for clip in clips]
+    lengths = [count_frames(clip.source) for clip in clips]
+    loaded = load_clip_labels(path, names, lengths)
+    result = {}
+    for clip, values, length in zip(clips, loaded, lengths, strict=True):
+        values = np.asarray(values)
+        if values.shape != (length,):
+            raise LabelError(
+                f"Labels for clip {clip.name!r} from {path} have {values.size} "
+                f"frames but {clip.source} has {length} frames. Give one label per "
+                "frame of each clip in --clips."
+            )
+        result[clip.name] = values.astype(int)
+    pooled = np.concatenate(list(result.values()))
+    if pooled.min() == pooled.max():
+        kind = "anomalous" if pooled[0] else "normal"
+        raise LabelError(
+            f"Every frame in {path} is {kind}, so frame AUC is undefined. Give "
+            "clips with both normal and anomalous frames, or score without --labels."
+        )
+    return result
+
+
+def _write_new_clip_metrics(
+    out: Path, raw: dict, smoothed: dict, labels: dict, config: RunConfig
+) -> None:
+    from mulde.evaluation import frame_metrics
+    from mulde.persistence import atomic_write
+    from mulde.pipeline import summary_line
+
+    metrics = frame_metrics(smoothed, labels) | {
+        "smoothing_sigma_frames": config.scoring.smoothing_sigma,
+        "unsmoothed": frame_metrics(raw, labels),
+    }
+    path = out.with_name(out.stem + ".metrics.json")
+    text = json.dumps(metrics, indent=2)
+    atomic_write(path, lambda target: target.write_text(text, encoding="utf-8"))
+    logger.info(summary_line(metrics, config.scoring.smoothing_sigma, path))
 
 
 def run_frame_size(run_dir: Path) -> tuple[int, int] | None:
