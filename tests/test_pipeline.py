@@ -412,3 +412,48 @@ def test_score_rejects_scrambled_projection(reduced_run, tmp_path, capsys):
     args = ["score", "--run", str(run), "--clips", str(tmp_path)]
     assert main(args + ["--out", str(tmp_path / "s.csv")]) == 2
     assert "not orthonormal" in capsys.readouterr().err
+
+
+def test_seeds_run_each_seed_and_summarise(generic, tmp_path, capsys):
+    out = tmp_path / "seeds"
+    args = ["run", "--dataset", "generic", "--root", str(generic), "--out", str(out)]
+    args += ["--train-dir", "train", "--test-dir", "test", "--labels", "labels.npz"]
+    args += ["--cache-dir", str(tmp_path / "cache")] + REDUCED
+    assert main(args + ["--seeds", "0,1"]) == 0
+    summary = json.loads((out / "seeds.json").read_text())
+    micro = [
+        json.loads((out / f"seed-{s}" / "metrics.json").read_text())["micro_auc"]
+        for s in (0, 1)
+    ]
+    assert summary["seeds"] == [0, 1]
+    assert summary["micro_auc"]["mean"] == pytest.approx(np.mean(micro))
+    assert summary["micro_auc"]["std"] == pytest.approx(np.std(micro, ddof=1))
+    assert summary["micro_auc"]["min"] == min(micro)
+    # Seed 0 of the series is the same run as --seed 0 alone.
+    single = tmp_path / "single"
+    args[args.index(str(out))] = str(single)
+    assert main(args + ["--seed", "0"]) == 0
+    alone = json.loads((single / "metrics.json").read_text())["micro_auc"]
+    assert alone == micro[0]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--seeds", "0"], "at least two different seeds"),
+        (["--seeds", "0,0"], "at least two different seeds"),
+        (["--seeds", "0,1", "--seed", "2"], "not both"),
+    ],
+)
+def test_seeds_option_errors(tmp_path, capsys, extra, message):
+    args = ["run", "--dataset", "ped2", "--root", str(PED2), "--out", str(tmp_path)]
+    assert main(args + extra + ["--quiet"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_seeds_option_needs_integers(tmp_path, capsys):
+    args = ["run", "--dataset", "ped2", "--root", str(PED2), "--out", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args + ["--seeds", "0,x"])
+    assert exit_info.value.code == 2
+    assert "comma-separated list of integers" in capsys.readouterr().err

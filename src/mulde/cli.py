@@ -14,6 +14,15 @@ from mulde import __version__
 logger = logging.getLogger("mulde")
 
 
+def _seed_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of integers such as 0,1,2"
+        ) from None
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -189,6 +198,14 @@ def _add_run_parser(subparsers) -> None:
         "--seed", type=int, help="seed of every random draw (default 0)"
     )
     parser.add_argument(
+        "--seeds",
+        type=_seed_list,
+        metavar="S1,S2,...",
+        help="run once per seed into --out/seed-S, extracting features once, and "
+        "write the mean, standard deviation and range of the metrics to "
+        "--out/seeds.json",
+    )
+    parser.add_argument(
         "--dry-run",
         action="store_true",
         help="print the resolved configuration as JSON and exit",
@@ -343,7 +360,7 @@ def resolve_run_config(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mulde.pipeline import run
+    from mulde.pipeline import run, run_seeds
 
     config = resolve_run_config(args)
     if args.dry_run:
@@ -356,6 +373,17 @@ def _run(args: argparse.Namespace) -> int:
                 "with this configuration would stop there.",
                 file=sys.stderr,
             )
+        return 0
+    if args.seeds is not None:
+        if args.seed is not None:
+            raise ValueError("Give --seed or --seeds, not both.")
+        summary = run_seeds(config, args.out, args.seeds)
+        micro = summary["micro_auc"]
+        print(
+            f"micro AUC over {len(args.seeds)} seeds: mean {micro['mean']:.4f}, sd "
+            f"{micro['std']:.4f}, range {micro['min']:.4f} to {micro['max']:.4f}  "
+            f"summary: {Path(args.out) / 'seeds.json'}"
+        )
         return 0
     # The string, not Path(args.out): Path('') is '.', which hides an empty --out.
     metrics = run(config, args.out)

@@ -837,6 +837,64 @@ OUTPUT_NAMES = (
 )
 
 
+def run_seeds(config: RunConfig, out, seeds: list[int]) -> dict:
+    """Run the main job once per seed and summarise the metrics across seeds.
+
+    Seed ``s`` writes a complete run folder ``out/seed-s``; the features are
+    extracted once and read from the cache by the later seeds.
+    ``out/seeds.json`` lists each seed's smoothed micro AUC, macro AUC and
+    average precision with their mean, sample standard deviation, minimum and
+    maximum. Returns that summary.
+    """
+    from mulde.persistence import atomic_write
+
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise ValueError(
+            f"--seeds {','.join(map(str, seeds))} must name at least two different "
+            "seeds; use --seed for a single run."
+        )
+    out = check_output_folder(out)
+    per_seed = {}
+    for seed in seeds:
+        config.seed = seed
+        logger.info("seed %d of %s", seed, seeds)
+        metrics = run(config, out / f"seed-{seed}")
+        per_seed[seed] = {
+            name: metrics[name]
+            for name in ("micro_auc", "macro_auc", "average_precision")
+        }
+    summary = {"seeds": seeds, "weighting": metrics["weighting"], "runs": per_seed}
+    for name in ("micro_auc", "macro_auc", "average_precision"):
+        values = np.array(
+            [v[name] for v in per_seed.values() if v[name] is not None], dtype=float
+        )
+        summary[name] = (
+            {
+                "mean": float(values.mean()),
+                "std": float(values.std(ddof=1)) if len(values) > 1 else None,
+                "min": float(values.min()),
+                "max": float(values.max()),
+            }
+            if len(values)
+            else None
+        )
+    text = json.dumps(summary, indent=2)
+    atomic_write(
+        out / "seeds.json", lambda target: target.write_text(text, encoding="utf-8")
+    )
+    micro = summary["micro_auc"]
+    logger.info(
+        "micro AUC over %d seeds: mean %.4f, sd %.4f, range %.4f to %.4f -> %s",
+        len(seeds),
+        micro["mean"],
+        micro["std"],
+        micro["min"],
+        micro["max"],
+        out / "seeds.json",
+    )
+    return summary
+
+
 def check_output_folder(out) -> Path:
     """Check before any work that the run folder can be written; return it.
 
