@@ -136,6 +136,23 @@ def test_out_with_folder_of_output_name_rejected(tmp_path):
     assert (tmp_path / "run" / "config.json" / "notes.txt").read_text() == "keep"
 
 
+@pytest.mark.parametrize("name", ["detector.safetensors", "pca-velocity.safetensors"])
+def test_out_with_folder_of_model_name_rejected(tmp_path, name):
+    (tmp_path / "run" / name).mkdir(parents=True)
+    (tmp_path / "run" / name / "notes.txt").write_text("keep")
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        check_output_folder(tmp_path / "run")
+    assert (tmp_path / "run" / name / "notes.txt").read_text() == "keep"
+
+
+def test_glob_characters_in_out_keep_other_staging(tmp_path):
+    other = tmp_path / ".rx.partial-keep"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    check_output_folder(tmp_path / "r*")
+    assert (other / "notes.txt").read_text() == "keep"
+
+
 def test_stale_staging_folder_removed(tmp_path):
     stale = tmp_path / ".run.partial-abc"
     stale.mkdir()

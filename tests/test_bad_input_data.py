@@ -28,6 +28,7 @@ from mulde.video.readers import (
     VideoReadError,
     iter_frames,
     list_frame_files,
+    natural_sort_key,
     read_image,
 )
 
@@ -389,3 +390,9 @@ def test_unpack_wrong_archive_leaves_dest_unchanged(tmp_path, dest_exists):
     else:
         assert not dest.exists()
     assert partial_folders(tmp_path) == []
+
+
+def test_superscript_digit_in_name_sorts_as_text():
+    # "²" counts as a digit for str.isdigit but int() rejects it.
+    names = ["b1²2.jpg", "a10.jpg", "a2.jpg"]
+    assert sorted(names, key=natural_sort_key) == ["a2.jpg", "a10.jpg", "b1²2.jpg"]

@@ -262,6 +262,25 @@ def test_score_edited_config_named(small_run, run_copy, tmp_path, capsys, edit):
     assert "edited after the run" in err
 
 
+@pytest.mark.parametrize("edit", [{"grid_cell": 40}, {"flow_gap": 1}])
+def test_score_edited_feature_setting_rejected(
+    small_run, run_copy, tmp_path, capsys, edit
+):
+    # These edits keep every feature width, so only the recorded hash shows them.
+    path = run_copy / "config.json"
+    saved = json.loads(path.read_text())
+    saved["features"] |= edit
+    path.write_text(json.dumps(saved))
+
+    code, err = _score(
+        run_copy, small_run / "data" / "test", tmp_path / "s.csv", capsys
+    )
+
+    assert code == 2
+    assert "differs from the settings the run extracted with" in err
+    assert not (tmp_path / "s.csv").exists()
+
+
 def test_score_width_check_names_config(small_run):
     from mulde.score_video import check_model_inputs, load_run_models
 

@@ -75,3 +75,17 @@ def test_study_rejects_fractional_labels(tmp_path):
     np.savez(tmp_path / "set.npz", X=np.ones((10, 2)), y=y)
     with pytest.raises(ValueError, match=r"other than 0 \(normal\) and 1.*0\.6"):
         load_adbench(tmp_path)
+
+
+def test_saved_detector_keeps_feature_names(X, tmp_path):
+    frame = pd.DataFrame(X, columns=["speed", "x", "y"])
+    path = MULDE(**TINY).fit(frame).save(tmp_path / "model.safetensors")
+    loaded = MULDE.load(path)
+    assert loaded.feature_names_in_.tolist() == ["speed", "x", "y"]
+    with pytest.raises(ValueError, match="feature names"):
+        loaded.decision_function(frame[["x", "speed", "y"]])
+
+
+def test_empty_rows_at_explicit_levels(X):
+    detector = MULDE(**TINY).fit(X)
+    assert detector.multiscale_scores(X[:0], levels=[0.1]).shape == (0, 1)

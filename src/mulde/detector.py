@@ -665,7 +665,7 @@ class MULDE(OutlierMixin, BaseEstimator):
         energies_np = (
             torch.cat(energies).cpu().numpy()
             if energies
-            else np.zeros((0, len(self.levels_)), np.float32)
+            else np.zeros((0, len(levels)), np.float32)
         )
         if not score_norms:
             return energies_np

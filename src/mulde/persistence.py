@@ -113,6 +113,8 @@ def save_detector(detector, path: Path) -> Path:
             "history": detector.history_,
         },
     }
+    if hasattr(detector, "feature_names_in_"):
+        header["fitted"]["feature_names"] = [str(n) for n in detector.feature_names_in_]
     metadata = {"mulde": json.dumps(header, default=_json_scalar)}
     return atomic_write(
         path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata)
@@ -189,6 +191,18 @@ def load_detector(path: Path, device: str = "auto"):
         detector.seed_ = fitted["seed"]
         detector.threshold_ = fitted["threshold"]
         detector.history_ = fitted["history"]
+        names = fitted.get("feature_names")
+        if names is not None:
+            if not (
+                isinstance(names, list)
+                and len(names) == detector.n_features_in_
+                and all(isinstance(name, str) for name in names)
+            ):
+                raise ValueError(
+                    f"feature_names must be {detector.n_features_in_} strings, got "
+                    f"{names!r}"
+                )
+            detector.feature_names_in_ = np.asarray(names, dtype=object)
         detector.device_ = resolved_device
         detector.compute_dtype_ = resolve_precision(
             detector.precision, detector.device_

@@ -8,6 +8,7 @@ output in the run folder.
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import logging
 import os
@@ -782,6 +783,9 @@ def run(config: RunConfig, out: Path) -> dict:
         "n_train_rows": [int(m.detector.decision_scores_.shape[0]) for m in models],
         # `mulde score` rejects new clips of another frame size.
         "train_frame_size": {"height": frame_size.height, "width": frame_size.width},
+        # Identifies the feature settings, so that mulde score notices a
+        # config.json edited after the run.
+        "features_hash": feature_config.config_hash(),
         "timings_s": timer.seconds,
         "environment": _environment(models[0].detector),
     }
@@ -906,7 +910,7 @@ def check_output_folder(out) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"Output path {out} exists and is not a folder.")
-    for name in OUTPUT_NAMES:
+    for name in sorted(set(OUTPUT_NAMES) | model_file_names()):
         if (out / name).is_dir():
             raise IsADirectoryError(
                 f"{out / name} is a folder, but the run writes a file of that name; "
@@ -925,7 +929,7 @@ def check_output_folder(out) -> Path:
             f"Cannot write the run folder {out}: it is not writable. Choose a "
             "writable --out."
         )
-    for stale in out.parent.glob(f".{out.name}.partial-*"):
+    for stale in out.parent.glob(f".{glob.escape(out.name)}.partial-*"):
         shutil.rmtree(stale, ignore_errors=True)
     return out
 

@@ -315,6 +315,7 @@ def score_clip_folder(
     )
     for clip in clips:
         check_has_frames(clip, "input")
+    check_feature_settings(Path(run_dir), config)
     frame_size = run_frame_size(Path(run_dir))
     if frame_size is not None:
         for clip in clips:
@@ -399,6 +400,30 @@ def _write_new_clip_metrics(
     text = json.dumps(metrics, indent=2)
     atomic_write(path, lambda target: target.write_text(text, encoding="utf-8"))
     logger.info(summary_line(metrics, config.scoring.smoothing_sigma, path))
+
+
+def check_feature_settings(run_dir: Path, config: RunConfig) -> None:
+    """Raise ValueError if config.json's feature settings differ from the run's.
+
+    ``metrics.json`` records the hash of the feature settings that the run
+    extracted with. Runs from before that key are not checked.
+    """
+    from mulde.features.cache import FeatureConfig
+
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        recorded = metrics["features_hash"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    current = FeatureConfig.from_dict(config.features).config_hash()
+    if current != recorded:
+        raise ValueError(
+            f"The features section of {run_dir / 'config.json'} differs from the "
+            f"settings the run extracted with (hash {current} against {recorded} "
+            "in metrics.json), so the scores would not be comparable with the "
+            "run's. Restore the run's config.json, or run `mulde run` again with "
+            "the new settings."
+        )
 
 
 def run_frame_size(run_dir: Path) -> tuple[int, int] | None:

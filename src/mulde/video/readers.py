@@ -160,7 +160,9 @@ def _warn_if_name_order_differs(folder: Path, by_name: list[Path]) -> None:
 
 def natural_sort_key(name: str) -> list[int | str]:
     """Return a sort key that orders embedded numbers by value (``2`` before ``10``)."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+    return [
+        int(part) if part.isdecimal() else part for part in re.split(r"(\d+)", name)
+    ]
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
