@@ -396,3 +396,23 @@ def test_superscript_digit_in_name_sorts_as_text():
     # "²" counts as a digit for str.isdigit but int() rejects it.
     names = ["b1²2.jpg", "a10.jpg", "a2.jpg"]
     assert sorted(names, key=natural_sort_key) == ["a2.jpg", "a10.jpg", "b1²2.jpg"]
+
+
+@pytest.mark.parametrize("value", [5, None, "../train/01.npz", "train/01.npz"])
+def test_manifest_file_edited_reextracts(
+    tmp_path, small_dataset, extraction_counter, value
+):
+    config = FeatureConfig(batch_size=16)
+    cache_dir = tmp_path / "cache"
+    first = extract_dataset(small_dataset, config, cache_dir, verbose=False)
+    manifest_path = cache_folder(cache_dir, config) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["clips"]["test"]["02"]["file"] = value
+    manifest_path.write_text(json.dumps(manifest))
+
+    rerun = extract_dataset(small_dataset, config, cache_dir, verbose=False)
+
+    assert extraction_counter == ["01", "02", "02"]
+    np.testing.assert_array_equal(
+        rerun["test"]["02"].features(), first["test"]["02"].features()
+    )

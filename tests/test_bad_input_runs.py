@@ -407,3 +407,12 @@ def test_study_help_states_defaults_once(capsys):
     assert "(default: None)" not in printed
     assert "(default: False)" not in printed
     assert "(default 3; 1 with --quick)" in printed
+
+
+def test_score_out_folder_rejected_before_work(small_run, tmp_path, capsys):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    code, err = _score(small_run / "run", small_run / "data" / "test", folder, capsys)
+    assert code == 2
+    assert "is a folder; give the path of the CSV file" in err
+    assert list(folder.iterdir()) == []

@@ -307,6 +307,11 @@ def score_clip_folder(
     from mulde.video.clips import VideoDataset
     from mulde.video.datasets import check_has_frames, discover_clips
 
+    if Path(out).is_dir():
+        raise IsADirectoryError(
+            f"--out {out} is a folder; give the path of the CSV file to write, "
+            f"such as {Path(out) / 'scores.csv'}."
+        )
     config, models = load_run_models(run_dir, device)
     clips = discover_clips(
         clips_dir,

@@ -769,7 +769,7 @@ def _extract_split(
         if cached is None:
             pending.append((clip, signature))
             continue
-        path = folder / entry.get("file", f"{split}/{clip.name}.npz")
+        path = folder / f"{split}/{clip.name}.npz"
         done[clip.name] = (path, cached.n_frames, cached.n_rows)
         if _FILES_DIGEST_KEY in signature and _FILES_DIGEST_KEY not in entry:
             entry[_FILES_DIGEST_KEY] = signature[_FILES_DIGEST_KEY]
@@ -886,7 +886,19 @@ def _load_cached(
     if any(entry.get(key) != signature[key] for key in compared):
         logger.info("source of %s clip %s changed; extracting again", label, clip.name)
         return None
-    path = folder / entry.get("file", f"{split}/{clip.name}.npz")
+    relative = f"{split}/{clip.name}.npz"
+    if entry.get("file", relative) != relative:
+        # Runs write only this name, so any other value was edited by hand.
+        logger.warning(
+            "manifest entry of %s clip %s names the file %r, not %r; extracting "
+            "it again",
+            label,
+            clip.name,
+            entry.get("file"),
+            relative,
+        )
+        return None
+    path = folder / relative
     if not path.is_file():
         return None
     try:
