@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, groups in VARIANTS.items():
         for seed in range(args.seeds):
             run = RunConfig.from_dict({"seed": seed})
-            # Set after validation, which knows only the groups of the cache.
+            # Set after validation, which accepts only the cached groups.
             run.scoring.groups = groups
             run.verbose = 0
             models = fit_models(splits["train"], run)

@@ -79,14 +79,19 @@ def test_publish_keeps_user_model_copies(tmp_path):
     out, staging = tmp_path / "run", tmp_path / "staging"
     out.mkdir()
     staging.mkdir()
-    kept = ["detector_good_seed0.safetensors", "pca_good_seed0.safetensors"]
-    for name in kept + ["detector-velocity.safetensors", "pca-motion.safetensors"]:
+    user_copies = ["detector_good_seed0.safetensors", "pca_good_seed0.safetensors"]
+    for name in user_copies + [
+        "detector-velocity.safetensors",
+        "pca-motion.safetensors",
+    ]:
         (out / name).write_text("earlier file")
     (staging / "detector.safetensors").write_text("this run")
 
     _publish(staging, out)
 
-    assert sorted(p.name for p in out.iterdir()) == ["detector.safetensors"] + kept
+    assert (
+        sorted(p.name for p in out.iterdir()) == ["detector.safetensors"] + user_copies
+    )
 
 
 def test_config_json_paths_absolute(small_run):

@@ -249,6 +249,7 @@ def test_ped2_part_runs_on_a_small_copy(tmp_path, monkeypatch):
     study_ped2([variant], config, records, bands=np.geomspace(1e-3, 1.0, 3))
     assert len(records) == 1
     record = records[0]
-    assert record["dataset"] == "ped2" and record["variant"] == "sigma2"
+    assert record["dataset"] == "ped2"
+    assert record["variant"] == "sigma2"
     assert 0.0 <= record["full"]["auc"] <= 1.0
     assert len(record["level_auc_energy"]) == 16

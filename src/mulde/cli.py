@@ -360,7 +360,7 @@ def resolve_run_config(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mulde.pipeline import run, run_seeds
+    from mulde.pipeline import run, run_seeds, seeds_summary_line
 
     config = resolve_run_config(args)
     if args.dry_run:
@@ -378,12 +378,9 @@ def _run(args: argparse.Namespace) -> int:
         if args.seed is not None:
             raise ValueError("Give --seed or --seeds, not both.")
         summary = run_seeds(config, args.out, args.seeds)
-        micro = summary["micro_auc"]
-        print(
-            f"micro AUC over {len(args.seeds)} seeds: mean {micro['mean']:.4f}, sd "
-            f"{micro['std']:.4f}, range {micro['min']:.4f} to {micro['max']:.4f}  "
-            f"summary: {Path(args.out) / 'seeds.json'}"
-        )
+        if config.verbose >= 1 and sys.stdout.isatty() and sys.stderr.isatty():
+            return 0  # the log's last line already showed the result
+        print(seeds_summary_line(summary, Path(args.out) / "seeds.json"))
         return 0
     # The string, not Path(args.out): Path('') is '.', which hides an empty --out.
     metrics = run(config, args.out)

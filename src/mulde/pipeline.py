@@ -886,17 +886,18 @@ def run_seeds(config: RunConfig, out, seeds: list[int]) -> dict:
     atomic_write(
         out / "seeds.json", lambda target: target.write_text(text, encoding="utf-8")
     )
-    micro = summary["micro_auc"]
-    logger.info(
-        "micro AUC over %d seeds: mean %.4f, sd %.4f, range %.4f to %.4f -> %s",
-        len(seeds),
-        micro["mean"],
-        micro["std"],
-        micro["min"],
-        micro["max"],
-        out / "seeds.json",
-    )
+    logger.info("%s", seeds_summary_line(summary, out / "seeds.json"))
     return summary
+
+
+def seeds_summary_line(summary: dict, path: Path) -> str:
+    """Return the closing line of a run over several seeds: micro AUC statistics."""
+    micro = summary["micro_auc"]
+    return (
+        f"micro AUC over {len(summary['seeds'])} seeds: mean {micro['mean']:.4f}, "
+        f"sd {micro['std']:.4f}, range {micro['min']:.4f} to {micro['max']:.4f} "
+        f"-> {path}"
+    )
 
 
 def check_output_folder(out) -> Path:

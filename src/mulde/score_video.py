@@ -320,8 +320,9 @@ def score_clip_folder(
     )
     for clip in clips:
         check_has_frames(clip, "input")
-    check_feature_settings(Path(run_dir), config)
-    frame_size = run_frame_size(Path(run_dir))
+    run_metrics = _read_run_metrics(Path(run_dir))
+    check_feature_settings(run_metrics, config, Path(run_dir))
+    frame_size = run_frame_size(run_metrics, Path(run_dir))
     if frame_size is not None:
         for clip in clips:
             check_frame_size(clip, first_frame_summary(clip), *frame_size, "Clip")
@@ -407,18 +408,26 @@ def _write_new_clip_metrics(
     logger.info(summary_line(metrics, config.scoring.smoothing_sigma, path))
 
 
-def check_feature_settings(run_dir: Path, config: RunConfig) -> None:
+def _read_run_metrics(run_dir: Path) -> dict:
+    """Return the run's metrics.json, or an empty dict if it cannot be read."""
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return metrics if isinstance(metrics, dict) else {}
+
+
+def check_feature_settings(metrics: dict, config: RunConfig, run_dir: Path) -> None:
     """Raise ValueError if config.json's feature settings differ from the run's.
 
-    ``metrics.json`` records the hash of the feature settings that the run
-    extracted with. Runs from before that key are not checked.
+    ``metrics`` is the run's metrics.json, which records the hash of the feature
+    settings that the run extracted with. Runs from before that key are not
+    checked.
     """
     from mulde.features.cache import FeatureConfig
 
-    try:
-        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-        recorded = metrics["features_hash"]
-    except (OSError, ValueError, KeyError, TypeError):
+    recorded = metrics.get("features_hash")
+    if recorded is None:
         return
     current = FeatureConfig.from_dict(config.features).config_hash()
     if current != recorded:
@@ -431,20 +440,20 @@ def check_feature_settings(run_dir: Path, config: RunConfig) -> None:
         )
 
 
-def run_frame_size(run_dir: Path) -> tuple[int, int] | None:
-    """Return the (height, width) of the run's training frames from metrics.json.
+def run_frame_size(metrics: dict, run_dir: Path) -> tuple[int, int] | None:
+    """Return the (height, width) of the run's training frames from its metrics.
 
-    Returns None, with a warning, for runs that did not record it.
+    ``metrics`` is the run's metrics.json. Returns None, with a warning, for
+    runs that did not record the size.
     """
-    path = run_dir / "metrics.json"
     try:
-        size = json.loads(path.read_text(encoding="utf-8"))["train_frame_size"]
+        size = metrics["train_frame_size"]
         return int(size["height"]), int(size["width"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (KeyError, TypeError, ValueError) as error:
         logger.warning(
             "%s records no training frame size (%s: %s), so the clips' frame "
             "sizes are not checked; the run may be from an older mulde.",
-            path,
+            run_dir / "metrics.json",
             type(error).__name__,
             error,
         )

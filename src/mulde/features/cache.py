@@ -769,7 +769,7 @@ def _extract_split(
         if cached is None:
             pending.append((clip, signature))
             continue
-        path = folder / f"{split}/{clip.name}.npz"
+        path = folder / _clip_file(split, clip.name)
         done[clip.name] = (path, cached.n_frames, cached.n_rows)
         if _FILES_DIGEST_KEY in signature and _FILES_DIGEST_KEY not in entry:
             entry[_FILES_DIGEST_KEY] = signature[_FILES_DIGEST_KEY]
@@ -807,7 +807,7 @@ def _extract_split(
                     f"Feature extraction failed on {label} clip {clip.name} "
                     f"({clip.source}): {error}"
                 ) from error
-            relative = f"{split}/{clip.name}.npz"
+            relative = _clip_file(split, clip.name)
             save_clip_features(clip_features, folder / relative)
             logger.info(
                 "features %s: clip %s extracted (%d of %d), %d frames, %d rows",
@@ -860,6 +860,11 @@ def _extract_split(
     return {clip.name: features[clip.name] for clip in clips}, seconds
 
 
+def _clip_file(split: str, name: str) -> str:
+    """Return a clip's feature file, relative to the cache folder."""
+    return f"{split}/{name}.npz"
+
+
 def _load_cached(
     folder: Path,
     split: str,
@@ -886,7 +891,7 @@ def _load_cached(
     if any(entry.get(key) != signature[key] for key in compared):
         logger.info("source of %s clip %s changed; extracting again", label, clip.name)
         return None
-    relative = f"{split}/{clip.name}.npz"
+    relative = _clip_file(split, clip.name)
     if entry.get("file", relative) != relative:
         # Runs write only this name, so any other value was edited by hand.
         logger.warning(
