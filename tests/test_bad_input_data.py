@@ -407,7 +407,8 @@ def test_manifest_file_edited_reextracts(
     first = extract_dataset(small_dataset, config, cache_dir, verbose=False)
     manifest_path = cache_folder(cache_dir, config) / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    manifest["clips"]["test"]["02"]["file"] = value
+    (entry,) = manifest["clips"]["test"].values()
+    entry["file"] = value
     manifest_path.write_text(json.dumps(manifest))
 
     rerun = extract_dataset(small_dataset, config, cache_dir, verbose=False)
@@ -416,3 +417,75 @@ def test_manifest_file_edited_reextracts(
     np.testing.assert_array_equal(
         rerun["test"]["02"].features(), first["test"]["02"].features()
     )
+
+
+# Clips of one name from different sources share a cache folder.
+
+
+def _other_dataset(tmp_path, name="02") -> VideoDataset:
+    """A dataset whose test clip has the name of small_dataset's, other frames."""
+    frames = tmp_path / "other"
+    train = [Clip("01", copy_frames(TRAIN_CLIP, frames / "train01", 5))]
+    test = [Clip(name, copy_frames(TRAIN_CLIP, frames / "test02", 7))]
+    return VideoDataset("other", frames, train=train, test=test)
+
+
+def test_same_clip_names_from_two_sources_keep_their_own_files(
+    tmp_path, small_dataset, extraction_counter
+):
+    config = FeatureConfig(batch_size=16)
+    cache_dir = tmp_path / "cache"
+    other = _other_dataset(tmp_path)
+    first = extract_dataset(small_dataset, config, cache_dir, verbose=False, lazy=True)
+    second = extract_dataset(other, config, cache_dir, verbose=False, lazy=True)
+
+    # Alternating between the two datasets extracts nothing again.
+    again = extract_dataset(small_dataset, config, cache_dir, verbose=False, lazy=True)
+    assert extraction_counter == ["01", "02", "01", "02"]
+    assert first["test"].frame_counts() == {"02": 6}
+    assert second["test"].frame_counts() == {"02": 7}
+    assert again["test"]["02"].n_frames == 6
+    assert second["test"]["02"].n_frames == 7
+    manifest = json.loads(
+        (cache_folder(cache_dir, config) / "manifest.json").read_text()
+    )
+    entries = manifest["clips"]["test"]
+    assert sorted(entry["clip"] for entry in entries.values()) == ["02", "02"]
+    assert len({entry["file"] for entry in entries.values()}) == 2
+
+
+def test_manifest_write_keeps_entries_of_another_process(
+    tmp_path, small_dataset, extraction_counter
+):
+    config = FeatureConfig(batch_size=16)
+    cache_dir = tmp_path / "cache"
+    extract_dataset(small_dataset, config, cache_dir, verbose=False)
+    manifest_path = cache_folder(cache_dir, config) / "manifest.json"
+    theirs = json.loads(manifest_path.read_text())
+    # Another run read the manifest before the first run wrote it: its in-memory
+    # copy has no clips, and it writes after the first run.
+    folder = cache_folder(cache_dir, config)
+    stale = dict(theirs, clips={"train": {}, "test": {}})
+    feature_cache._merge_manifest(manifest_path, stale, "test", {})
+
+    extract_dataset(small_dataset, config, cache_dir, verbose=False)
+    assert extraction_counter == ["01", "02"]
+    assert (
+        json.loads((folder / "manifest.json").read_text())["clips"] == (theirs["clips"])
+    )
+
+
+@pytest.mark.parametrize("target", ["manifest", "feature file"])
+def test_cache_entry_replaced_by_a_folder_is_named(tmp_path, small_dataset, target):
+    config = FeatureConfig(batch_size=16)
+    cache_dir = tmp_path / "cache"
+    extract_dataset(small_dataset, config, cache_dir, verbose=False)
+    folder = cache_folder(cache_dir, config)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (entry,) = manifest["clips"]["test"].values()
+    path = folder / ("manifest.json" if target == "manifest" else entry["file"])
+    path.unlink()
+    path.mkdir()
+
+    with pytest.raises(IsADirectoryError, match=f"{target} .*it is a folder"):
+        extract_dataset(small_dataset, config, cache_dir, verbose=False)

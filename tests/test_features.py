@@ -663,11 +663,14 @@ def test_extract_dataset_reuses_cache(tmp_path, small_dataset, extraction_counte
     second = extract_dataset(small_dataset, config, cache_dir, verbose=False)
 
     assert extraction_counter == ["01", "02", "01"]
-    assert [path.relative_to(folder).as_posix() for path in files] == [
-        "test/01.npz",
-        "train/01.npz",
-        "train/02.npz",
+    # Each file is named by its clip and a digest of the clip's source path.
+    names = [path.relative_to(folder).as_posix() for path in files]
+    assert [name.rsplit("-", 1)[0] for name in names] == [
+        "test/01",
+        "train/01",
+        "train/02",
     ]
+    assert len({name.rsplit("-", 1)[1] for name in names}) == 3
     assert [path.stat().st_mtime_ns for path in files] == mtimes
     assert set(first) == {"train", "test"}
     assert set(first.timings) == {"train", "test"}
@@ -684,7 +687,9 @@ def test_extract_dataset_reuses_cache(tmp_path, small_dataset, extraction_counte
     assert manifest["extractor"] == "mulde.features"
     assert manifest["backbone"]["name"] == "efficientnet_lite0"
     assert manifest["config"] == config.to_dict()
-    assert manifest["clips"]["train"]["01"]["n_frames"] == 5
+    entries = {entry["clip"]: entry for entry in manifest["clips"]["train"].values()}
+    assert entries["01"]["n_frames"] == 5
+    assert entries["01"]["file"] in names
     assert list(folder.rglob(".tmp-*")) == []
 
 
@@ -710,7 +715,7 @@ def test_extract_dataset_reextracts_corrupted_file(
     config = FeatureConfig(batch_size=16)
     cache_dir = tmp_path / "cache"
     first = extract_dataset(small_dataset, config, cache_dir, verbose=False)
-    path = cache_folder(cache_dir, config) / "train" / "02.npz"
+    (path,) = (cache_folder(cache_dir, config) / "train").glob("02-*.npz")
     path.write_bytes(path.read_bytes()[:100])
 
     second = extract_dataset(small_dataset, config, cache_dir, verbose=False)

@@ -549,6 +549,7 @@ def save_clip_features(features: ClipFeatures, path: Path) -> None:
     ``path`` with ``os.replace``, so readers see either the old or the new file.
     """
     path = Path(path)
+    _check_not_folder(path, "feature file")
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {
         "n_frames": np.asarray(features.n_frames, dtype=np.int64),
@@ -570,6 +571,15 @@ def save_clip_features(features: ClipFeatures, path: Path) -> None:
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
+
+
+def _check_not_folder(path: Path, what: str) -> None:
+    """Raise IsADirectoryError naming ``path`` if a folder stands where a file goes."""
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"Cannot write the {what} {path}: it is a folder. Move or delete that "
+            "folder, or choose another cache folder with --cache-dir."
+        )
 
 
 def load_clip_features(path: Path) -> ClipFeatures:
@@ -694,6 +704,7 @@ def extract_dataset(
     """
     folder = cache_folder(cache_dir, config)
     folder.mkdir(parents=True, exist_ok=True)
+    _check_not_folder(folder / MANIFEST_NAME, "feature manifest")
     splits = {"train": list(dataset.train), "test": list(dataset.test)}
     labels = {split: split for split in splits} | dict(split_labels or {})
     for split, clips in splits.items():
@@ -762,17 +773,21 @@ def _extract_split(
     pending: list[tuple[Clip, dict]] = []
     # Cached entries that get the file digest that older versions did not write.
     upgraded = 0
+    # Entries this process wrote, merged into the manifest on disk at each write.
+    written: dict[str, dict] = {}
     for clip in clips:
         signature = _source_signature(clip.source)
-        entry = entries.get(clip.name)
-        cached = _load_cached(folder, split, clip, entry, signature, label)
+        key = _entry_key(clip)
+        entry = entries.get(key)
+        cached = _load_cached(folder, split, clip, key, entry, signature, label)
         if cached is None:
             pending.append((clip, signature))
             continue
-        path = folder / _clip_file(split, clip.name)
+        path = folder / _clip_file(split, key)
         done[clip.name] = (path, cached.n_frames, cached.n_rows)
         if _FILES_DIGEST_KEY in signature and _FILES_DIGEST_KEY not in entry:
             entry[_FILES_DIGEST_KEY] = signature[_FILES_DIGEST_KEY]
+            written[key] = entry
             upgraded += 1
         if not lazy:
             features[clip.name] = cached
@@ -784,7 +799,7 @@ def _extract_split(
             label,
             upgraded,
         )
-        _write_manifest(folder / MANIFEST_NAME, manifest)
+        _merge_manifest(folder / MANIFEST_NAME, manifest, split, written)
 
     start = time.perf_counter()
     n_frames = 0
@@ -807,7 +822,8 @@ def _extract_split(
                     f"Feature extraction failed on {label} clip {clip.name} "
                     f"({clip.source}): {error}"
                 ) from error
-            relative = _clip_file(split, clip.name)
+            key = _entry_key(clip)
+            relative = _clip_file(split, key)
             save_clip_features(clip_features, folder / relative)
             logger.info(
                 "features %s: clip %s extracted (%d of %d), %d frames, %d rows",
@@ -818,13 +834,14 @@ def _extract_split(
                 clip_features.n_frames,
                 clip_features.n_rows,
             )
-            entries[clip.name] = dict(
+            entries[key] = written[key] = dict(
                 signature,
+                clip=clip.name,
                 n_frames=clip_features.n_frames,
                 n_rows=clip_features.n_rows,
                 file=relative,
             )
-            _write_manifest(folder / MANIFEST_NAME, manifest)
+            _merge_manifest(folder / MANIFEST_NAME, manifest, split, written)
             done[clip.name] = (
                 folder / relative,
                 clip_features.n_frames,
@@ -860,22 +877,35 @@ def _extract_split(
     return {clip.name: features[clip.name] for clip in clips}, seconds
 
 
-def _clip_file(split: str, name: str) -> str:
-    """Return a clip's feature file, relative to the cache folder."""
-    return f"{split}/{name}.npz"
+def _entry_key(clip: Clip) -> str:
+    """Return a clip's manifest key: its name and a digest of its source path.
+
+    Two datasets that both have a clip ``01`` then get separate entries and
+    files in one cache folder, so neither overwrites nor reads the other's.
+    """
+    source = str(Path(clip.source).resolve())
+    digest = hashlib.sha256(os.fsencode(source)).hexdigest()[:12]
+    return f"{clip.name}-{digest}"
+
+
+def _clip_file(split: str, key: str) -> str:
+    """Return the feature file of a manifest key, relative to the cache folder."""
+    return f"{split}/{key}.npz"
 
 
 def _load_cached(
     folder: Path,
     split: str,
     clip: Clip,
+    key: str,
     entry: dict | None,
     signature: dict,
     label: str,
 ) -> ClipFeatures | None:
     """Return the cached features of a clip, or None if they must be extracted.
 
-    ``label`` names the split in log lines.
+    ``key`` is the clip's manifest key (see :func:`_entry_key`) and ``label``
+    names the split in log lines.
     """
     if entry is None:
         return None
@@ -891,7 +921,7 @@ def _load_cached(
     if any(entry.get(key) != signature[key] for key in compared):
         logger.info("source of %s clip %s changed; extracting again", label, clip.name)
         return None
-    relative = _clip_file(split, clip.name)
+    relative = _clip_file(split, key)
     if entry.get("file", relative) != relative:
         # Runs write only this name, so any other value was edited by hand.
         logger.warning(
@@ -943,15 +973,20 @@ def _manifest_header(config: FeatureConfig, backbone: Backbone) -> dict:
     }
 
 
-def _read_manifest(path: Path) -> dict | None:
+def _read_manifest(path: Path, quiet: bool = False) -> dict | None:
+    """Read a feature manifest; None if it is missing or invalid.
+
+    An invalid manifest is logged as a warning unless ``quiet``.
+    """
     if not path.is_file():
         return None
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        logger.warning(
-            "invalid manifest %s (%s); extracting all clips again", path, error
-        )
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        if not quiet:
+            logger.warning(
+                "invalid manifest %s (%s); extracting all clips again", path, error
+            )
         return None
     clips = manifest.get("clips") if isinstance(manifest, dict) else None
     valid = isinstance(clips, dict) and all(
@@ -960,12 +995,35 @@ def _read_manifest(path: Path) -> dict | None:
         for entries in clips.values()
     )
     if not valid:
-        logger.warning("invalid manifest %s; extracting all clips again", path)
+        if not quiet:
+            logger.warning("invalid manifest %s; extracting all clips again", path)
         return None
     return manifest
 
 
+def _merge_manifest(
+    path: Path, manifest: dict, split: str, written: dict[str, dict]
+) -> None:
+    """Write ``manifest`` with the entries of another process kept.
+
+    Another run may have added clips to the manifest on disk since this one read
+    it. When the header on disk matches ours, its entries replace the ones read
+    at the start, except the ``written`` entries of ``split``, this process's own.
+    """
+    on_disk = _read_manifest(path, quiet=True)
+    if on_disk is not None and all(
+        on_disk.get(key) == value
+        for key, value in manifest.items()
+        if key not in ("clips", "config")
+    ):
+        for name, entries in on_disk["clips"].items():
+            manifest["clips"].setdefault(name, {}).update(entries)
+    manifest["clips"].setdefault(split, {}).update(written)
+    _write_manifest(path, manifest)
+
+
 def _write_manifest(path: Path, manifest: dict) -> None:
+    _check_not_folder(path, "feature manifest")
     descriptor, temp_name = tempfile.mkstemp(
         prefix=_TEMP_PREFIX, suffix=".json", dir=path.parent
     )
