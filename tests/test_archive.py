@@ -428,3 +428,73 @@ def test_unpack_unsupported_format_raises(tmp_path):
 def test_unpack_missing_archive_raises(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"missing\.tar\.gz"):
         unpack_archive(tmp_path / "missing.tar.gz", tmp_path / "dest", "ped2")
+
+
+def _unpack_command(archive: Path, dest: Path, capsys) -> tuple[int, str, str]:
+    from mulde.cli import main
+
+    code = main(["data", "ped2", "--unpack", str(archive), "--dest", str(dest)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_unpack_command_names_the_run_command(tmp_path, capsys):
+    archive = write_tar(tmp_path / "ucsd.tar.gz", ucsd_members())
+
+    code, out, _ = _unpack_command(archive, tmp_path / "dest", capsys)
+
+    assert code == 0
+    assert f"--root {tmp_path / 'dest' / UCSD_TOP / 'UCSDped2'}" in out
+
+
+@pytest.mark.parametrize("damage", ["empty clip", "no labels"])
+def test_unpack_command_reports_unusable_dataset(tmp_path, capsys, damage):
+    members = ucsd_members()
+    if damage == "no labels":
+        members = {
+            name: data
+            for name, data in members.items()
+            if "_gt" not in name and not name.endswith(".m")
+        }
+    archive = tmp_path / "ucsd.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name, data in members.items():
+            if damage == "empty clip" and "/Test002/" in name:
+                continue
+            add_tar_file(tar, name, data)
+        if damage == "empty clip":
+            folder = tarfile.TarInfo(f"{UCSD_TOP}/UCSDped2/Test/Test002")
+            folder.type = tarfile.DIRTYPE
+            tar.addfile(folder)
+
+    code, out, err = _unpack_command(archive, tmp_path / "dest", capsys)
+
+    assert code == 1
+    assert out == ""
+    assert "cannot use it yet" in err
+    reason = err.split("cannot use it yet", 1)[1]
+    if damage == "empty clip":
+        assert f"No frame images in {tmp_path / 'dest'}" in reason
+        assert "Test002" in reason
+    else:
+        assert "UCSDped2.m" in reason
+    # The files are kept for the user to complete.
+    assert (tmp_path / "dest" / UCSD_TOP / "UCSDped2" / "Train").is_dir()
+
+
+def test_unpack_other_ucsd_dataset_names_dest_not_temporary_folder(tmp_path):
+    members = {
+        name.replace("UCSDped2", "UCSDped1"): data
+        for name, data in ucsd_members().items()
+    }
+    archive = write_tar(tmp_path / "ucsd.tar.gz", members)
+    dest = tmp_path / "dest"
+
+    with pytest.raises(ValueError, match="looks like UCSD Ped1") as info:
+        unpack_archive(archive, dest, "ped2")
+
+    message = str(info.value)
+    assert message.startswith(f"Nothing was unpacked into {dest}")
+    assert ".partial-" not in message
+    assert f"{dest / UCSD_TOP / 'UCSDped1'}" in message
+    assert not dest.exists()

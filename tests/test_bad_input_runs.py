@@ -248,8 +248,9 @@ def test_score_missing_pca_named(small_run, run_copy, tmp_path, capsys):
     [
         {"features": {"mode": "frame"}, "scoring": {"groups": None}},
         {"scoring": {"groups": ["velocity", "appearance"]}},
+        {"scoring": {"scoring": "per_group"}},
     ],
-    ids=["mode-frame", "group-removed"],
+    ids=["mode-frame", "group-removed", "per-group"],
 )
 def test_score_edited_config_named(small_run, run_copy, tmp_path, capsys, edit):
     path = run_copy / "config.json"
@@ -284,6 +285,43 @@ def test_score_edited_feature_setting_rejected(
     assert code == 2
     assert "differs from the settings the run extracted with" in err
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_score_uncreatable_cache_dir_named(small_run, run_copy, tmp_path, capsys):
+    # A run folder copied from another machine names a cache folder that
+    # cannot be created here: below a file.
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file")
+    path = run_copy / "config.json"
+    saved = json.loads(path.read_text())
+    saved["cache_dir"] = str(blocker / "cache")
+    path.write_text(json.dumps(saved))
+
+    code, err = _score(
+        run_copy, small_run / "data" / "test", tmp_path / "s.csv", capsys
+    )
+
+    assert code == 2
+    assert f"Cannot write the feature cache folder {blocker / 'cache'}" in err
+    assert "--cache-dir" in err
+    assert not (tmp_path / "s.csv").exists()
+
+
+@pytest.mark.parametrize("height", [-240, 0])
+def test_score_impossible_recorded_frame_size_named(
+    small_run, run_copy, tmp_path, capsys, height
+):
+    path = run_copy / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["train_frame_size"]["height"] = height
+    path.write_text(json.dumps(metrics))
+
+    code, err = _score(
+        run_copy, small_run / "data" / "test", tmp_path / "s.csv", capsys
+    )
+
+    assert code == 2
+    assert f"{path} records a training frame size of {height} x" in err
 
 
 def test_score_width_check_names_config(small_run):

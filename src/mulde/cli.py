@@ -396,12 +396,22 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _data(args: argparse.Namespace) -> int:
-    from mulde.video.archive import describe_sources, unpack_archive
+    from mulde.video.archive import check_unpacked, describe_sources, unpack_archive
 
     if args.unpack is None:
         print(describe_sources(args.dataset))
         return 0
     root = unpack_archive(Path(args.unpack), Path(args.dest), args.dataset)
+    problem = check_unpacked(args.dataset, root)
+    if problem is not None:
+        print(
+            f"Unpacked {args.dataset} to {root}, but `mulde run` cannot use it "
+            f"yet: {problem}\nThe files stay there: add what is missing (some "
+            "datasets ship their labels in a second archive, which unpacks with the "
+            "same --dest), or download the archive again.",
+            file=sys.stderr,
+        )
+        return 1
     print(
         f"Unpacked {args.dataset} to {root}; run it with: mulde run --dataset "
         f"{args.dataset} --root {root} --out runs/{args.dataset}"

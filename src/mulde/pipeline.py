@@ -726,7 +726,7 @@ def run(config: RunConfig, out: Path) -> dict:
 
     with timer.stage("features"):
         feature_config = FeatureConfig.from_dict(config.features)
-        _check_cache_folder(cache_dir)
+        check_cache_folder(cache_dir)
         # Clips stay in the cache files and are read one at a time below.
         features = extract_dataset(
             dataset, feature_config, cache_dir, verbose=config.verbose >= 1, lazy=True
@@ -935,7 +935,7 @@ def check_output_folder(out) -> Path:
     return out
 
 
-def _check_cache_folder(cache_dir: Path) -> None:
+def check_cache_folder(cache_dir: Path) -> None:
     """Raise ValueError naming the feature cache when it cannot be written."""
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)

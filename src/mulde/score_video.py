@@ -10,7 +10,12 @@ import numpy as np
 from sklearn.decomposition import PCA
 
 from mulde.config import RunConfig
-from mulde.pipeline import GroupModel, model_file_suffix, model_partitions
+from mulde.pipeline import (
+    GroupModel,
+    model_file_names,
+    model_file_suffix,
+    model_partitions,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +74,7 @@ def load_run_models(
         suffix = model_file_suffix(part, len(partitions))
         detector_path = run_dir / f"detector{suffix}.safetensors"
         if not detector_path.is_file():
-            raise FileNotFoundError(
-                f"{detector_path} not found; the run folder is incomplete."
-            )
+            raise FileNotFoundError(_missing_detector_message(detector_path, config))
         detector = MULDE.load(detector_path, device=device)
         pca_path = run_dir / f"pca{suffix}.safetensors"
         arrays, saved_groups = (
@@ -91,6 +94,23 @@ def load_run_models(
         ]
         models.append(GroupModel(part, projections, detector))
     return config, models
+
+
+def _missing_detector_message(path: Path, config: RunConfig) -> str:
+    """Explain a missing detector file: an incomplete run, or an edited config."""
+    found = sorted(
+        name for name in model_file_names() if (path.parent / name).is_file()
+    )
+    if not found:
+        return f"{path} not found; the run folder is incomplete."
+    return (
+        f"{path} not found, but the run folder holds {', '.join(found)}: "
+        f"{path.parent / 'config.json'} asks for scoring "
+        f"{config.scoring.scoring!r} of the groups "
+        f"{config.feature_groups()}, so it was edited after the run (scoring.scoring,"
+        " scoring.groups or features.mode). Restore the run's config.json, or run "
+        "`mulde run` again with the new settings."
+    )
 
 
 def _read_run_config(path: Path) -> RunConfig:
@@ -298,6 +318,7 @@ def score_clip_folder(
     from mulde.features.cache import FeatureConfig, extract_dataset
     from mulde.persistence import atomic_write
     from mulde.pipeline import (
+        check_cache_folder,
         check_frame_size,
         default_cache_dir,
         first_frame_summary,
@@ -333,6 +354,8 @@ def score_clip_folder(
             f"config.json) is inside --clips {clips_dir}, so the next score would "
             f"read the cache as a clip; pass a --cache-dir outside {clips_dir}."
         )
+    # A run's config.json may name a cache folder of another machine or user.
+    check_cache_folder(cache_root)
     clip_labels = None
     if labels is not None:
         clip_labels = _load_new_clip_labels(Path(labels), clips)
@@ -448,7 +471,7 @@ def run_frame_size(metrics: dict, run_dir: Path) -> tuple[int, int] | None:
     """
     try:
         size = metrics["train_frame_size"]
-        return int(size["height"]), int(size["width"])
+        height, width = int(size["height"]), int(size["width"])
     except (KeyError, TypeError, ValueError) as error:
         logger.warning(
             "%s records no training frame size (%s: %s), so the clips' frame "
@@ -458,3 +481,10 @@ def run_frame_size(metrics: dict, run_dir: Path) -> tuple[int, int] | None:
             error,
         )
         return None
+    if height < 1 or width < 1:
+        raise ValueError(
+            f"{run_dir / 'metrics.json'} records a training frame size of {height} "
+            f"x {width} pixels, which no frame has, so the file was edited or "
+            "damaged. Restore the run's metrics.json, or run `mulde run` again."
+        )
+    return height, width

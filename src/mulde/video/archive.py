@@ -178,7 +178,14 @@ def unpack_archive(
         _extract(archive, staging)
         # Only the extracted entries are searched, so data already in dest is
         # never taken for the dataset, and a wrong archive leaves dest unchanged.
-        root = locate_dataset_root(source_name, staging, max_depth=_ROOT_SEARCH_DEPTH)
+        try:
+            root = locate_dataset_root(
+                source_name, staging, max_depth=_ROOT_SEARCH_DEPTH
+            )
+        except ValueError as error:
+            # The temporary folder is gone when the user reads the message.
+            message = str(error).replace(str(staging), str(dest))
+            raise ValueError(f"Nothing was unpacked into {dest}: {message}") from None
         if root is None:
             raise ValueError(
                 f"Nothing was unpacked into {dest}: found no {source_name} dataset "
@@ -191,6 +198,25 @@ def unpack_archive(
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return dest / root.relative_to(staging)
+
+
+def check_unpacked(dataset: str, root: Path) -> str | None:
+    """Return why ``mulde run`` cannot use an unpacked dataset yet, or None.
+
+    Loads the dataset at ``root`` as ``mulde run`` does, labels included, and
+    checks that every clip has a frame. An archive may hold the clips without
+    the labels, which some datasets ship in a second archive.
+    """
+    from mulde.video.datasets import check_has_frames, load_dataset
+
+    try:
+        loaded = load_dataset(dataset, root)
+        for split, clips in (("training", loaded.train), ("test", loaded.test)):
+            for clip in clips:
+                check_has_frames(clip, split)
+    except (OSError, ValueError) as error:
+        return str(error)
+    return None
 
 
 def _source(name: str) -> dict:
