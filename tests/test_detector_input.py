@@ -30,6 +30,22 @@ def test_constant_column_warns(X):
         MULDE(**TINY).fit(X)
 
 
+def test_tiny_values_keep_their_spread(X):
+    """Values near 1e-300 square to 0, yet are scaled like any other column."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tiny = MULDE(**TINY).fit(X * 1e-300)
+    np.testing.assert_allclose(tiny.scale_, X.std(axis=0) * 1e-300, rtol=1e-6)
+    plain = MULDE(**TINY).fit(X)
+    np.testing.assert_allclose(
+        tiny.decision_function(X[:20] * 1e-300),
+        plain.decision_function(X[:20]),
+        rtol=1e-5,
+    )
+
+
 def test_dataframe_records_feature_names(X):
     frame = pd.DataFrame(X, columns=["speed", "x", "y"])
     detector = MULDE(**TINY).fit(frame)

@@ -437,6 +437,15 @@ class MULDE(OutlierMixin, BaseEstimator):
         # receives the rows. A float32 variance also overflows above about 1e19.
         mean = X_train.mean(axis=0, dtype=np.float64)
         scale = X_train.std(axis=0, dtype=np.float64)
+        # Squares of values below about 1e-154 underflow to 0, so such columns
+        # get their spread again after scaling by their largest magnitude.
+        magnitude = np.abs(X_train).max(axis=0).astype(np.float64)
+        underflow = (scale == 0) & (magnitude > 0)
+        if underflow.any():
+            scaled = X_train[:, underflow] / magnitude[underflow]
+            scale[underflow] = (
+                scaled.std(axis=0, dtype=np.float64) * magnitude[underflow]
+            )
         self.mean_ = mean
         # A feature whose spread is below the rounding of its mean in the input's
         # dtype (or below that dtype's smallest normal number) is constant:
