@@ -489,3 +489,48 @@ def test_cache_entry_replaced_by_a_folder_is_named(tmp_path, small_dataset, targ
 
     with pytest.raises(IsADirectoryError, match=f"{target} .*it is a folder"):
         extract_dataset(small_dataset, config, cache_dir, verbose=False)
+
+
+@pytest.mark.parametrize("new_entries_too", [False, True])
+def test_cache_of_the_layout_without_source_keys_is_renamed(
+    tmp_path, small_dataset, extraction_counter, caplog, new_entries_too
+):
+    config = FeatureConfig(batch_size=16)
+    cache_dir = tmp_path / "cache"
+    first = extract_dataset(small_dataset, config, cache_dir, verbose=False)
+    folder = cache_folder(cache_dir, config)
+    manifest_path = folder / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    # Rewrite the cache as the previous layout stored it: split/<clip>.npz,
+    # keyed by the clip name alone.
+    for split, entries in manifest["clips"].items():
+        for key, entry in list(entries.items()):
+            name = entry["clip"]
+            old_file = f"{split}/{name}.npz"
+            old_entry = {k: v for k, v in entry.items() if k != "clip"}
+            old_entry["file"] = old_file
+            entries[name] = old_entry
+            if new_entries_too:
+                # A version between the two layouts extracted the clip again.
+                shutil.copy(folder / entry["file"], folder / old_file)
+                continue
+            (folder / entry["file"]).rename(folder / old_file)
+            del entries[key]
+    manifest_path.write_text(json.dumps(manifest))
+
+    with caplog.at_level(logging.INFO, logger="mulde"):
+        again = extract_dataset(small_dataset, config, cache_dir, verbose=False)
+
+    assert extraction_counter == ["01", "02"]
+    assert "moved the cached files of 1 clips" in caplog.text
+    np.testing.assert_array_equal(
+        again["test"]["02"].features(), first["test"]["02"].features()
+    )
+    renamed = json.loads(manifest_path.read_text())
+    for split in ("train", "test"):
+        (entry,) = renamed["clips"][split].values()
+        assert (folder / entry["file"]).is_file()
+    assert sorted(p.name.split("-")[0] for p in folder.glob("*/*.npz")) == [
+        "01",
+        "02",
+    ]

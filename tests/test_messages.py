@@ -151,3 +151,27 @@ def test_unpack_two_clashes_plural(tmp_path):
     message = str(raised.value)
     assert f"README.txt, {UCSD_TOP} already exist there." in message
     assert "Remove them or choose another destination." in message
+
+
+def test_closed_standard_output_is_not_an_error(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    # The reader is gone before the first write, as with `| head` on long output.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    args = ["--dataset", "ped2", "--root", str(tmp_path), "--out", str(tmp_path)]
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "mulde.cli", "run", *args, "--dry-run", "-q"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+
+    assert result.returncode == 141
+    assert "error" not in result.stderr.lower()

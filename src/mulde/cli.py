@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -481,6 +482,13 @@ def main(argv: list[str] | None = None) -> int:
             )
         print(f"mulde {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of standard output closed it, as `| head` does: no error
+        # to report. Standard output goes to the null device so that Python's
+        # final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except (ValueError, OSError, RuntimeError) as error:
         print(f"mulde {args.command}: error: {error}", file=sys.stderr)
         return 2

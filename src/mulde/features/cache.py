@@ -774,7 +774,14 @@ def _extract_split(
     # Cached entries that get the file digest that older versions did not write.
     upgraded = 0
     # Entries this process wrote, merged into the manifest on disk at each write.
-    written: dict[str, dict] = {}
+    written = _adopt_unkeyed_entries(folder, split, clips, entries)
+    if written:
+        logger.info(
+            "features %s: moved the cached files of %d clips to names that "
+            "include their source",
+            label,
+            len(written),
+        )
     for clip in clips:
         signature = _source_signature(clip.source)
         key = _entry_key(clip)
@@ -799,6 +806,7 @@ def _extract_split(
             label,
             upgraded,
         )
+    if written:
         _merge_manifest(folder / MANIFEST_NAME, manifest, split, written)
 
     start = time.perf_counter()
@@ -886,6 +894,43 @@ def _entry_key(clip: Clip) -> str:
     source = str(Path(clip.source).resolve())
     digest = hashlib.sha256(os.fsencode(source)).hexdigest()[:12]
     return f"{clip.name}-{digest}"
+
+
+def _adopt_unkeyed_entries(
+    folder: Path, split: str, clips: list[Clip], entries: dict
+) -> dict[str, dict]:
+    """Move entries keyed by clip name alone to the keys of :func:`_entry_key`.
+
+    Caches written before the keys named the source stored clip ``01`` as
+    ``split/01.npz`` under the key ``"01"``. An entry whose recorded source is
+    this clip's is renamed, file and key, instead of being extracted again. The
+    entry is still checked against the clip's frames when it is loaded.
+    An old file of a clip that has a new entry already is deleted. Returns the
+    entries of the clips concerned by their new keys.
+    """
+    moved: dict[str, dict] = {}
+    for clip in clips:
+        key = _entry_key(clip)
+        old = entries.get(clip.name)
+        old_relative = f"{split}/{clip.name}.npz"
+        if (
+            not isinstance(old, dict)
+            or "clip" in old
+            or old.get("source") != str(Path(clip.source).resolve())
+            or old.get("file", old_relative) != old_relative
+            or not (folder / old_relative).is_file()
+        ):
+            continue
+        del entries[clip.name]
+        if key in entries:
+            # Extracted again under the new name already: the old file is a copy.
+            (folder / old_relative).unlink()
+            moved[key] = entries[key]
+            continue
+        relative = _clip_file(split, key)
+        os.replace(folder / old_relative, folder / relative)
+        entries[key] = moved[key] = dict(old, clip=clip.name, file=relative)
+    return moved
 
 
 def _clip_file(split: str, key: str) -> str:
@@ -1019,6 +1064,16 @@ def _merge_manifest(
         for name, entries in on_disk["clips"].items():
             manifest["clips"].setdefault(name, {}).update(entries)
     manifest["clips"].setdefault(split, {}).update(written)
+    # Entries whose file is gone, such as those renamed by
+    # _adopt_unkeyed_entries, would come back from the file on disk.
+    for entries in manifest["clips"].values():
+        for key in [
+            key
+            for key, entry in entries.items()
+            if not isinstance(entry.get("file"), str)
+            or not (path.parent / entry["file"]).is_file()
+        ]:
+            del entries[key]
     _write_manifest(path, manifest)
 
 
