@@ -65,6 +65,14 @@ def test_interval_matches_t_distribution():
     assert interval([0.5])["low"] is None
 
 
+def test_interval_of_two_runs_stays_within_zero_and_one():
+    from mulde.study_report import _fmt
+
+    result = interval([0.2, 0.65])
+    assert (result["low"], result["high"]) == (0.0, 1.0)
+    assert _fmt(result) == "0.4250 [0.0000, 1.0000] (n = 2)"
+
+
 def test_paired_comparison_detects_consistent_gain():
     reference = [0.80, 0.70, 0.90, 0.85, 0.75]
     better = [r + 0.02 + 0.001 * k for k, r in enumerate(reference)]

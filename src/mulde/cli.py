@@ -146,7 +146,12 @@ def _add_run_parser(subparsers) -> None:
     model.add_argument(
         "--learning-rate", type=float, help="Adam learning rate (default 1e-3)"
     )
-    model.add_argument("--beta", type=float, help="regulariser weight (default 0.1)")
+    model.add_argument(
+        "--beta",
+        type=float,
+        help="weight beta of the regulariser beta * f(x, sigma)^2 on clean "
+        "training rows, which ties the noise levels together (default 0.1)",
+    )
     model.add_argument(
         "--n-levels", type=_positive_int, help="evaluation levels L (default 16)"
     )

@@ -316,8 +316,13 @@ def baseline_scores(X_fit: np.ndarray, X_test: np.ndarray, seed: int) -> dict:
 # ---------------------------------------------------------------- statistics
 
 
-def interval(values) -> dict:
-    """Mean and 95% t-interval of independent runs."""
+def interval(values, bounds: tuple[float, float] = (0.0, 1.0)) -> dict:
+    """Mean and 95% t-interval of independent runs, cut to ``bounds``.
+
+    Every value summarised here is an AUC or an average precision, so the
+    default bounds are [0, 1]. With few runs the t-interval is wide and would
+    otherwise reach past them.
+    """
     values = np.asarray(values, dtype=np.float64)
     mean = float(values.mean())
     if len(values) < 2:
@@ -329,8 +334,8 @@ def interval(values) -> dict:
     )
     return {
         "mean": mean,
-        "low": mean - half,
-        "high": mean + half,
+        "low": max(mean - half, bounds[0]),
+        "high": min(mean + half, bounds[1]),
         "n": int(len(values)),
     }
 
@@ -722,8 +727,14 @@ def add_study_parser(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--adbench", help="folder of ADBench .npz files (X, y)")
-    parser.add_argument("--ped2", help="Ped2 root; uses the main job's feature cache")
-    parser.add_argument("--cache-dir", help="feature cache folder of the main job")
+    parser.add_argument(
+        "--ped2",
+        help="Ped2 root; its object-mode features (float32 backbone) are read from "
+        "the feature cache, or extracted into it",
+    )
+    parser.add_argument(
+        "--cache-dir", help="feature cache folder (default: the main job's)"
+    )
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument(
         "--splits",

@@ -25,7 +25,11 @@ def _fmt(entry: dict | None) -> str:
         return "n/a"
     if entry.get("low") is None:
         return f"{entry['mean']:.4f}"
-    return f"{entry['mean']:.4f} [{entry['low']:.4f}, {entry['high']:.4f}]"
+    text = f"{entry['mean']:.4f} [{entry['low']:.4f}, {entry['high']:.4f}]"
+    # A 95% interval from two or three runs is mostly the t quantile's width.
+    if entry.get("n", 0) < 4:
+        text += f" (n = {entry['n']})"
+    return text
 
 
 def plot_weightings(path: Path, variants: list[dict]) -> None:
