@@ -598,7 +598,7 @@ def test_feature_config_round_trip():
 def test_feature_config_rejects_unknown_keys():
     with pytest.raises(ValueError, match="valid keys: mode, backbone"):
         FeatureConfig.from_dict({"mode": "object", "crop": 64})
-    with pytest.raises(ValueError, match="valid parameters: method"):
+    with pytest.raises(ValueError, match="features.proposals key.*valid keys: method"):
         FeatureConfig.from_dict({"proposals": {"minimum_area": 3}})
 
 

@@ -175,3 +175,21 @@ def test_closed_standard_output_is_not_an_error(tmp_path):
 
     assert result.returncode == 141
     assert "error" not in result.stderr.lower()
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"detektor": {}}, "Unknown configuration key(s) detektor; valid keys: "),
+        ({"features": {"grid_cel": 20}}, "Unknown features key(s) grid_cel; valid "),
+        ({"detector": {"hidden": [8]}}, "Unknown detector key(s) hidden; valid keys: "),
+        ({"scoring": {"smooth": 1}}, "Unknown scoring key(s) smooth; valid keys: "),
+    ],
+)
+def test_unknown_keys_share_one_message(data, expected):
+    from mulde.config import RunConfig
+
+    with pytest.raises(ValueError) as info:
+        config = RunConfig.from_dict(data)
+        config.validate()
+    assert str(info.value).startswith(expected)

@@ -288,7 +288,7 @@ def test_unknown_config_key_error(tmp_path, capsys):
     args = ["run", "--root", "x", "--out", str(tmp_path / "o"), "--config", str(config)]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "Unknown detector keys ['hidden_size']" in err
+    assert "Unknown detector key(s) hidden_size; valid keys:" in err
 
 
 def test_training_on_the_test_clips_rejected(generic, tmp_path, capsys):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mulde.validation import check_field_types
+from mulde.validation import check_field_types, check_known_keys
 
 # Detector settings of the main job. The reference width (4096 x 4096) costs
 # about 60 times more per sample than 512 x 512 and would not fit the 20-minute
@@ -239,12 +239,7 @@ class RunConfig:
 def _check_keys(section: str, data: Any, cls) -> None:
     if not isinstance(data, dict):
         raise ValueError(f"The {section} section must be a JSON object, not {data!r}.")
-    valid = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - valid)
-    if unknown:
-        raise ValueError(
-            f"Unknown {section} keys {unknown}; valid keys are {sorted(valid)}."
-        )
+    check_known_keys(section, data, [f.name for f in dataclasses.fields(cls)])
 
 
 def _detector_options(options: Any) -> dict[str, Any]:
@@ -254,10 +249,6 @@ def _detector_options(options: Any) -> dict[str, Any]:
         raise ValueError(
             f"The detector section must be a JSON object, not {options!r}."
         )
-    valid = set(MULDE().get_params()) - {"random_state", "verbose"}
-    unknown = sorted(set(options) - valid)
-    if unknown:
-        raise ValueError(
-            f"Unknown detector keys {unknown}; valid keys are {sorted(valid)}."
-        )
+    valid = [k for k in MULDE().get_params() if k not in ("random_state", "verbose")]
+    check_known_keys("detector", options, valid)
     return dict(options)

@@ -10,10 +10,25 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_field_types", "check_value_type"]
+__all__ = ["check_field_types", "check_known_keys", "check_value_type"]
 
 
 CONFIG_ADVICE = "fix it in the configuration file"
+
+
+def check_known_keys(section: str, keys, valid) -> None:
+    """Raise ValueError naming the keys of ``section`` that are not in ``valid``.
+
+    One message for every part of the configuration, with the valid keys in
+    their declared order.
+    """
+    valid = list(valid)
+    unknown = sorted(set(keys) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"Unknown {section} key(s) {', '.join(map(str, unknown))}; valid keys: "
+            f"{', '.join(valid)}."
+        )
 
 
 def check_field_types(instance: Any, section: str = "") -> None:

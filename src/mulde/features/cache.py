@@ -37,7 +37,7 @@ from mulde.features.backbone import (
 from mulde.features.flow import DEFAULT_MAGNITUDE_EDGES, FLOW_PRESETS
 from mulde.features.proposals import ProposalConfig
 from mulde.network import dtype_name, resolve_device, resolve_precision
-from mulde.validation import check_field_types
+from mulde.validation import check_field_types, check_known_keys
 from mulde.video.clips import Clip, VideoDataset
 
 __all__ = [
@@ -471,13 +471,7 @@ class FeatureConfig:
         ValueError
             If a key is not a field; the message lists the valid fields.
         """
-        valid = [item.name for item in fields(cls)]
-        unknown = sorted(set(values) - set(valid))
-        if unknown:
-            raise ValueError(
-                f"unknown feature config key(s) {', '.join(unknown)}; valid keys: "
-                f"{', '.join(valid)}"
-            )
+        check_known_keys("features", values, [item.name for item in fields(cls)])
         values = dict(values)
         if isinstance(values.get("proposals"), dict):
             values["proposals"] = ProposalConfig.from_dict(values["proposals"])

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, fields
 import cv2
 import numpy as np
 
-from mulde.validation import check_field_types
+from mulde.validation import check_field_types, check_known_keys
 
 __all__ = [
     "PROPOSAL_METHODS",
@@ -142,13 +142,9 @@ class ProposalConfig:
     @classmethod
     def from_dict(cls, values: dict) -> ProposalConfig:
         """Build a config from a dict, rejecting unknown keys."""
-        valid = [field.name for field in fields(cls)]
-        unknown = sorted(set(values) - set(valid))
-        if unknown:
-            raise ValueError(
-                f"unknown proposal parameter(s) {', '.join(unknown)}; "
-                f"valid parameters: {', '.join(valid)}"
-            )
+        check_known_keys(
+            "features.proposals", values, [field.name for field in fields(cls)]
+        )
         return cls(**values)
 
 
