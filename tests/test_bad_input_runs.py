@@ -459,3 +459,85 @@ def test_score_out_folder_rejected_before_work(small_run, tmp_path, capsys):
     assert code == 2
     assert "is a folder; give the path of the CSV file" in err
     assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "name", ["metrics.json", "detector.safetensors", "scores.csv", "report.html"]
+)
+def test_score_out_never_overwrites_run_files(
+    small_run, run_copy, tmp_path, capsys, name
+):
+    before = (run_copy / name).read_bytes()
+
+    code, err = _score(run_copy, small_run / "data" / "test", run_copy / name, capsys)
+
+    assert code == 2
+    assert f"would overwrite {name} of the run folder" in err
+    assert (run_copy / name).read_bytes() == before
+
+
+def test_score_out_with_trailing_slash_is_a_folder(small_run, tmp_path, capsys):
+    out = f"{tmp_path / 'newdir'}/"
+    code, err = _score(small_run / "run", small_run / "data" / "test", out, capsys)
+    assert code == 2
+    assert "is a folder; give the path of the CSV file" in err
+    assert not (tmp_path / "newdir").exists()
+
+
+def test_score_out_below_a_file_named(small_run, tmp_path, capsys):
+    blocker = tmp_path / "labels.npz"
+    blocker.write_text("a file")
+    out = blocker / "x.csv"
+    code, err = _score(small_run / "run", small_run / "data" / "test", out, capsys)
+    assert code == 2
+    assert f"{blocker} is a file, not a folder" in err
+
+
+def test_score_without_labels_removes_stale_metrics(small_run, tmp_path, capsys):
+    clips = small_run / "data" / "test"
+    out = tmp_path / "new.csv"
+    stale = tmp_path / "new.metrics.json"
+    stale.write_text('{"micro_auc": 0.5}')
+
+    code, err = _score(small_run / "run", clips, out, capsys)
+
+    assert code == 0, err
+    assert out.is_file()
+    assert not stale.exists()
+
+
+@pytest.mark.parametrize("option", ["--run", "--clips"])
+def test_score_file_given_for_folder_named(small_run, tmp_path, capsys, option):
+    run, clips = small_run / "run", small_run / "data" / "test"
+    if option == "--run":
+        run = run / "config.json"
+    else:
+        clips = next(clips.glob("*/*.jpg"))
+    code, err = _score(run, clips, tmp_path / "s.csv", capsys)
+    assert code == 2
+    assert f"{option} " in err
+    assert "is a file; pass a folder" in err
+
+
+def test_score_single_clip_folder_suggests_parent(small_run, tmp_path, capsys):
+    clip = next((small_run / "data" / "test").iterdir())
+    code, err = _score(small_run / "run", clip, tmp_path / "s.csv", capsys)
+    assert code == 2
+    assert "holds frame images itself, so it is one clip" in err
+
+
+@pytest.mark.parametrize("damage", ["missing", "not json", "list"])
+def test_score_needs_the_run_metrics(small_run, run_copy, tmp_path, capsys, damage):
+    path = run_copy / "metrics.json"
+    if damage == "missing":
+        path.unlink()
+    else:
+        path.write_text("{broken" if damage == "not json" else "[]")
+
+    code, err = _score(
+        run_copy, small_run / "data" / "test", tmp_path / "s.csv", capsys
+    )
+
+    assert code == 2
+    assert str(path) in err
+    assert not (tmp_path / "s.csv").exists()

@@ -46,6 +46,24 @@ def test_tiny_values_keep_their_spread(X):
     )
 
 
+@pytest.mark.parametrize("aggregation", ["gmm", "max", "mean", "level"])
+def test_far_outlier_scores_finite_and_anomalous(X, aggregation):
+    extra = {"level_index": 8} if aggregation == "level" else {}
+    detector = MULDE(**TINY, aggregation=aggregation, **extra).fit(X * 1e-3)
+    rows = np.array([[1e36, 0.0, 0.0], [3e38, -3e38, 3e38], [0.0, 0.0, 0.0]])
+
+    scores = detector.decision_function(rows)
+    levels = detector.multiscale_scores(rows)
+
+    assert np.isfinite(scores).all()
+    assert np.isfinite(levels).all()
+    assert np.isfinite(detector.predict_proba(rows)).all()
+    # A 2-epoch network need not grow along every direction, but the row at
+    # the float32 limit in every column is beyond any training row.
+    assert detector.predict(rows)[1] == 1
+    assert detector.predict(rows)[2] == 0
+
+
 def test_dataframe_records_feature_names(X):
     frame = pd.DataFrame(X, columns=["speed", "x", "y"])
     detector = MULDE(**TINY).fit(frame)

@@ -289,6 +289,12 @@ def _score(args: argparse.Namespace) -> int:
                 f"--device {args.device}: {error} Pass --device cpu, or --device "
                 "auto to use CUDA only where it is available."
             ) from error
+    if args.out.endswith(("/", os.sep)):
+        # Path() drops the slash, which would make a file of that folder's name.
+        raise IsADirectoryError(
+            f"--out {args.out} is a folder; give the path of the CSV file to "
+            f"write, such as {Path(args.out) / 'scores.csv'}."
+        )
     cache_dir = Path(args.cache_dir) if args.cache_dir else None
     smoothed = score_clip_folder(
         Path(args.run),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -327,18 +328,29 @@ def score_clip_folder(
     )
     from mulde.video.clips import VideoDataset
     from mulde.video.datasets import check_has_frames, discover_clips
+    from mulde.video.readers import is_image_file
 
-    if Path(out).is_dir():
-        raise IsADirectoryError(
-            f"--out {out} is a folder; give the path of the CSV file to write, "
-            f"such as {Path(out) / 'scores.csv'}."
-        )
+    check_scores_path(Path(out), Path(run_dir))
+    for option, path in (("--run", run_dir), ("--clips", clips_dir)):
+        if Path(path).is_file():
+            raise NotADirectoryError(
+                f"{option} {path} is a file; pass a folder: the --out folder of "
+                "`mulde run` for --run, a folder with one subfolder of frames or "
+                "one video per clip for --clips."
+            )
     config, models = load_run_models(run_dir, device)
-    clips = discover_clips(
-        clips_dir,
-        empty_hint="Point --clips at a folder that contains one subfolder of frame "
-        "images or one video file per clip.",
+    hint = (
+        "Point --clips at a folder that contains one subfolder of frame images or "
+        "one video file per clip."
     )
+    if Path(clips_dir).is_dir() and any(
+        is_image_file(path) for path in Path(clips_dir).iterdir()
+    ):
+        hint = (
+            f"{clips_dir} holds frame images itself, so it is one clip: pass its "
+            "parent folder, or move it into a folder of its own."
+        )
+    clips = discover_clips(clips_dir, empty_hint=hint)
     for clip in clips:
         check_has_frames(clip, "input")
     run_metrics = _read_run_metrics(Path(run_dir))
@@ -383,7 +395,61 @@ def score_clip_folder(
     logger.info("scored %d clips -> %s", len(clips), out)
     if clip_labels is not None:
         _write_new_clip_metrics(Path(out), raw, smoothed, clip_labels, config)
+    elif metrics_path(Path(out)).is_file():
+        # Metrics of an earlier scoring with labels would sit beside scores
+        # that they do not describe.
+        metrics_path(Path(out)).unlink()
+        logger.info(
+            "removed %s, the metrics of an earlier scoring into %s",
+            metrics_path(Path(out)),
+            out,
+        )
     return smoothed
+
+
+def check_scores_path(out: Path, run_dir: Path) -> None:
+    """Raise unless ``out`` can take the scores CSV without harm to ``run_dir``.
+
+    ``out`` must name a file, not a folder, below a
+    folder that exists or can be created and written. It must not be a file
+    that ``mulde run`` wrote into ``run_dir``, nor a metrics file beside the
+    CSV that would be one.
+    """
+    from mulde.pipeline import OUTPUT_NAMES
+
+    if out.is_dir():
+        raise IsADirectoryError(
+            f"--out {out} is a folder; give the path of the CSV file to write, "
+            f"such as {out / 'scores.csv'}."
+        )
+    run_files = set(OUTPUT_NAMES) | model_file_names() | {"seeds.json"}
+    for path in (out, metrics_path(out)):
+        if path.resolve().parent == run_dir.resolve() and path.name in run_files:
+            raise ValueError(
+                f"--out {out} would overwrite {path.name} of the run folder "
+                f"{run_dir}; choose another file name, or a path outside the run "
+                "folder."
+            )
+    blocking = next((p for p in out.parents if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise NotADirectoryError(
+            f"--out {out} cannot be written: {blocking} is a file, not a folder. "
+            "Choose another path."
+        )
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=out.parent, prefix=".write-check-")
+    except OSError as error:
+        raise ValueError(
+            f"--out {out} cannot be written ({error.strerror or error}); choose a "
+            "writable folder."
+        ) from error
+    probe.close()
+
+
+def metrics_path(out: Path) -> Path:
+    """Return the metrics file written beside a scores CSV with ``--labels``."""
+    return out.with_name(out.stem + ".metrics.json")
 
 
 def _load_new_clip_labels(path: Path, clips: list) -> dict[str, np.ndarray]:
@@ -425,19 +491,34 @@ def _write_new_clip_metrics(
         "smoothing_sigma_frames": config.scoring.smoothing_sigma,
         "unsmoothed": frame_metrics(raw, labels),
     }
-    path = out.with_name(out.stem + ".metrics.json")
+    path = metrics_path(out)
     text = json.dumps(metrics, indent=2)
     atomic_write(path, lambda target: target.write_text(text, encoding="utf-8"))
     logger.info(summary_line(metrics, config.scoring.smoothing_sigma, path))
 
 
 def _read_run_metrics(run_dir: Path) -> dict:
-    """Return the run's metrics.json, or an empty dict if it cannot be read."""
+    """Return the run's metrics.json.
+
+    It records the feature settings and frame size that scoring is checked
+    against, so a missing or unreadable file is an error, not a skipped check.
+    """
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found; the run folder is incomplete. Pass the --out "
+            "folder of a finished `mulde run`, or run it again."
+        )
     try:
-        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return metrics if isinstance(metrics, dict) else {}
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        metrics = error
+    if not isinstance(metrics, dict):
+        raise ValueError(
+            f"{path} is not a readable metrics file ({metrics!r:.80}); restore the "
+            "run's metrics.json, or run `mulde run` again."
+        )
+    return metrics
 
 
 def check_feature_settings(metrics: dict, config: RunConfig, run_dir: Path) -> None:
