@@ -553,3 +553,11 @@ def test_unpack_below_a_file_rejected(tmp_path):
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(ValueError, match="Choose a writable --dest"):
         unpack_archive(archive, tmp_path / "a_file" / "dest", "ped2")
+
+
+@pytest.mark.parametrize("name", ["open_size", "close_size", "dilate_size"])
+def test_huge_morphology_kernel_rejected(name):
+    from mulde.config import RunConfig
+
+    with pytest.raises(ValueError, match=f"proposals.{name}=2001 is larger than"):
+        RunConfig.from_dict({"features": {"proposals": {name: 2001}}}).validate()

@@ -534,3 +534,16 @@ def test_cache_of_the_layout_without_source_keys_is_renamed(
         "01",
         "02",
     ]
+
+
+def test_cache_files_get_the_default_mode(tmp_path, small_dataset):
+    import os
+    import stat
+
+    config = FeatureConfig(batch_size=16)
+    extract_dataset(small_dataset, config, tmp_path / "cache", verbose=False)
+    mask = os.umask(0)
+    os.umask(mask)
+    folder = cache_folder(tmp_path / "cache", config)
+    for path in [folder / "manifest.json", *folder.glob("*/*.npz")]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path

@@ -443,12 +443,16 @@ def test_seeds_run_each_seed_and_summarise(generic, tmp_path, capsys):
         (["--seeds", "0"], "at least two different seeds"),
         (["--seeds", "0,0"], "at least two different seeds"),
         (["--seeds", "0,1", "--seed", "2"], "not both"),
+        (["--seeds", "0,-1"], "-1 not in [0, 2**32)"),
+        (["--seeds", "0,-1", "--dry-run"], "-1 not in [0, 2**32)"),
     ],
 )
 def test_seeds_option_errors(tmp_path, capsys, extra, message):
     args = ["run", "--dataset", "ped2", "--root", str(PED2), "--out", str(tmp_path)]
     assert main(args + extra + ["--quiet"]) == 2
     assert message in capsys.readouterr().err
+    # Rejected before any run started.
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_seeds_option_needs_integers(tmp_path, capsys):

@@ -372,12 +372,22 @@ def resolve_run_config(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mulde.pipeline import run, run_seeds, seeds_summary_line
+    from mulde.pipeline import check_seeds, run, run_seeds, seeds_summary_line
 
     config = resolve_run_config(args)
+    if args.seeds is not None:
+        if args.seed is not None:
+            raise ValueError("Give --seed or --seeds, not both.")
+        check_seeds(args.seeds)
     if args.dry_run:
         config.resolve_defaults()
         print(json.dumps(config.to_dict(), indent=2))
+        if args.seeds is not None:
+            print(
+                f"mulde run: note: --seeds runs this configuration once per seed: "
+                f"{', '.join(map(str, args.seeds))}.",
+                file=sys.stderr,
+            )
         root = config.dataset.root
         if root is not None and not Path(root).expanduser().is_dir():
             print(
@@ -387,8 +397,6 @@ def _run(args: argparse.Namespace) -> int:
             )
         return 0
     if args.seeds is not None:
-        if args.seed is not None:
-            raise ValueError("Give --seed or --seeds, not both.")
         summary = run_seeds(config, args.out, args.seeds)
         if config.verbose >= 1 and sys.stdout.isatty() and sys.stderr.isatty():
             return 0  # the log's last line already showed the result

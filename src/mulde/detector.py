@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse
 import torch
 from scipy import special
 from sklearn.base import BaseEstimator, OutlierMixin
@@ -74,6 +75,16 @@ def check_features(X, name: str = "X", n_features: int | None = None) -> np.ndar
     subtract the mean in float64 before the detector computes in float32. Any
     other numeric input becomes float64.
     """
+    if scipy.sparse.issparse(X):
+        raise ValueError(
+            f"{name} is a sparse matrix; the detector needs dense rows, so pass "
+            f"{name}.toarray()."
+        )
+    if np.iscomplexobj(X):
+        raise ValueError(
+            f"{name} has complex values; pass real features, such as the real and "
+            "imaginary parts as separate columns."
+        )
     try:
         array = np.asarray(X)
         if array.dtype not in (np.float32, np.float64):
@@ -389,7 +400,8 @@ class MULDE(OutlierMixin, BaseEstimator):
         """
         for name, default in type(self)().get_params().items():
             value = getattr(self, name)
-            if value is None or name == "random_state":
+            # None is valid only where it is the default, as for level_index.
+            if name == "random_state" or (value is None and default is None):
                 continue
             if isinstance(default, (bool, int, float)):
                 check_value_type(name, value, type(default), advice=None)

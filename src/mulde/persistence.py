@@ -38,7 +38,7 @@ def atomic_write(path: Path, write) -> Path:
         write(Path(temporary))
         # mkstemp creates the file readable by its owner only; give the result
         # the permissions of any other new file.
-        os.chmod(temporary, 0o666 & ~_umask())
+        os.chmod(temporary, default_file_mode())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -46,10 +46,11 @@ def atomic_write(path: Path, write) -> Path:
     return path
 
 
-def _umask() -> int:
+def default_file_mode() -> int:
+    """Return the permission bits that a new file gets under the current umask."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 def _json_scalar(value):

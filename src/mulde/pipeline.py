@@ -841,6 +841,25 @@ OUTPUT_NAMES = (
 )
 
 
+def check_seeds(seeds: list[int]) -> None:
+    """Raise ValueError unless ``seeds`` are two or more different valid seeds.
+
+    Checked before the first run, so that a bad last seed costs no work.
+    """
+    text = ",".join(map(str, seeds))
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise ValueError(
+            f"--seeds {text} must name at least two different seeds; use --seed "
+            "for a single run."
+        )
+    invalid = [seed for seed in seeds if not 0 <= seed < 2**32]
+    if invalid:
+        raise ValueError(
+            f"--seeds {text}: {', '.join(map(str, invalid))} not in [0, 2**32); "
+            "give seeds such as 0,1,2."
+        )
+
+
 def run_seeds(config: RunConfig, out, seeds: list[int]) -> dict:
     """Run the main job once per seed and summarise the metrics across seeds.
 
@@ -852,11 +871,7 @@ def run_seeds(config: RunConfig, out, seeds: list[int]) -> dict:
     """
     from mulde.persistence import atomic_write
 
-    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
-        raise ValueError(
-            f"--seeds {','.join(map(str, seeds))} must name at least two different "
-            "seeds; use --seed for a single run."
-        )
+    check_seeds(seeds)
     out = check_output_folder(out)
     per_seed = {}
     for seed in seeds:

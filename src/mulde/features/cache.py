@@ -37,6 +37,7 @@ from mulde.features.backbone import (
 from mulde.features.flow import DEFAULT_MAGNITUDE_EDGES, FLOW_PRESETS
 from mulde.features.proposals import ProposalConfig
 from mulde.network import dtype_name, resolve_device, resolve_precision
+from mulde.persistence import default_file_mode
 from mulde.validation import check_field_types, check_known_keys
 from mulde.video.clips import Clip, VideoDataset
 
@@ -561,6 +562,8 @@ def save_clip_features(features: ClipFeatures, path: Path) -> None:
             np.savez(handle, **arrays)
             handle.flush()
             os.fsync(handle.fileno())
+        # mkstemp's files are the owner's only; a shared cache must be readable.
+        os.chmod(temp_name, default_file_mode())
         os.replace(temp_name, path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
@@ -1082,6 +1085,8 @@ def _write_manifest(path: Path, manifest: dict) -> None:
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())
+        # mkstemp's files are the owner's only; a shared cache must be readable.
+        os.chmod(temp_name, default_file_mode())
         os.replace(temp_name, path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)

@@ -42,6 +42,11 @@ __all__ = [
 PROPOSAL_METHODS = ("median", "mog2", "knn", "diff")
 
 
+# Morphology kernels beyond this diameter in pixels are wider than most frames,
+# and OpenCV's time and memory grow with the kernel's area.
+MAX_KERNEL_SIZE = 255
+
+
 @dataclass(frozen=True)
 class ProposalConfig:
     """Parameters of :class:`ProposalExtractor`.
@@ -118,6 +123,14 @@ class ProposalConfig:
             if getattr(self, name) < 0:
                 raise ValueError(
                     f"{name} must be non-negative, got {getattr(self, name)}"
+                )
+        for name in ("open_size", "close_size", "dilate_size"):
+            if getattr(self, name) > MAX_KERNEL_SIZE:
+                raise ValueError(
+                    f"features.proposals.{name}={getattr(self, name)} is larger "
+                    f"than {MAX_KERNEL_SIZE} px, wider than most frames; it is the "
+                    "diameter of a morphology kernel, a few pixels for a mask's "
+                    "specks and holes"
                 )
         if not 0.0 < self.max_area_fraction <= 1.0:
             raise ValueError(
