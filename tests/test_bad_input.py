@@ -237,6 +237,38 @@ def test_damaged_model_header_names_the_file(X, tmp_path):
         MULDE.load(path)
 
 
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"use_score_norms": True}, "level_mean has shape"),
+        ({"aggregation": "max"}, "not those that aggregation 'max' saves"),
+        ("nan weights", "NaN or infinite network weights"),
+    ],
+)
+def test_edited_model_file_rejected_on_load(X, tmp_path, edit, message):
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    path = (
+        MULDE(hidden_sizes=(8,), epochs=1, random_state=0)
+        .fit(X)
+        .save(tmp_path / "d.safetensors")
+    )
+    with safe_open(str(path), framework="np") as reader:
+        header = json.loads(reader.metadata()["mulde"])
+    arrays = load_file(str(path))
+    if edit == "nan weights":
+        name = next(key for key in arrays if key.startswith("network."))
+        arrays[name] = np.full_like(arrays[name], np.nan)
+    else:
+        header["params"] |= edit
+    save_file(arrays, str(path), metadata={"mulde": json.dumps(header)})
+
+    with pytest.raises(ValueError, match=message) as info:
+        MULDE.load(path)
+    assert "d.safetensors" in str(info.value)
+
+
 def test_unknown_scoring_group_rejected_before_work():
     with pytest.raises(ValueError, match=r"scoring.groups has \['pose'\]"):
         RunConfig.from_dict({"scoring": {"groups": ["velocity", "pose"]}})

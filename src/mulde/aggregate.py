@@ -112,8 +112,44 @@ class LevelAggregator:
             }
         return arrays
 
-    def load_state(self, arrays: dict[str, np.ndarray]) -> LevelAggregator:
-        """Restore the arrays returned by :meth:`state`."""
+    def load_state(
+        self, arrays: dict[str, np.ndarray], width: int | None = None
+    ) -> LevelAggregator:
+        """Restore the arrays returned by :meth:`state`.
+
+        Raises ValueError when the arrays are not those that this method saves,
+        or, given ``width`` (the length of a level vector), do not have it.
+        """
+        expected = {"level_mean", "level_scale"}
+        if self.method == "gmm":
+            expected |= {
+                "gmm_weights",
+                "gmm_means",
+                "gmm_covariances",
+                "gmm_precisions_cholesky",
+            }
+        if set(arrays) != expected:
+            raise ValueError(
+                f"arrays {sorted(arrays)} are not those that aggregation "
+                f"{self.method!r} saves, {sorted(expected)}"
+            )
+        for key in ("level_mean", "level_scale"):
+            shape = np.shape(arrays[key])
+            if (width is not None and shape != (width,)) or not np.isfinite(
+                arrays[key]
+            ).all():
+                raise ValueError(
+                    f"{key} has shape {shape} or non-finite values, expected "
+                    f"{width} finite values"
+                )
+        if self.method == "gmm" and width is not None:
+            if np.ndim(arrays["gmm_means"]) != 2 or (
+                np.shape(arrays["gmm_means"])[1] != width
+            ):
+                raise ValueError(
+                    f"gmm_means has shape {np.shape(arrays['gmm_means'])}, expected "
+                    f"(n_components, {width})"
+                )
         self.mean_ = arrays["level_mean"]
         self.scale_ = arrays["level_scale"]
         if self.method == "gmm":

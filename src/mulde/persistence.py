@@ -240,6 +240,13 @@ def load_detector(path: Path, device: str = "auto"):
             f"Model file {path} has network weights that do not match its own "
             f"configuration ({error}); the file is corrupt."
         ) from error
+    damaged = [name for name, values in state.items() if not values.isfinite().all()]
+    if damaged:
+        raise ValueError(
+            f"Model file {path} has NaN or infinite network weights in "
+            f"{', '.join(damaged[:3])}; the file is corrupt. Save the detector "
+            "again with MULDE.save."
+        )
     detector.network_ = network.to(detector.device_).eval()
 
     aggregator_arrays = {
@@ -254,7 +261,10 @@ def load_detector(path: Path, device: str = "auto"):
             params["reg_covar"],
             params["level_index"],
             random_state=fitted["seed"],
-        ).load_state(aggregator_arrays)
+        ).load_state(
+            aggregator_arrays,
+            len(detector.levels_) * (2 if params["use_score_norms"] else 1),
+        )
     except (KeyError, ValueError) as error:
         raise ValueError(
             f"Model file {path} has damaged aggregator arrays "
