@@ -261,3 +261,14 @@ def test_ped2_part_runs_on_a_small_copy(tmp_path, monkeypatch):
     assert record["variant"] == "sigma2"
     assert 0.0 <= record["full"]["auc"] <= 1.0
     assert len(record["level_auc_energy"]) == 16
+
+
+def test_adbench_too_few_or_flat_rows_named(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "tiny.npz", X=rng.normal(size=(4, 2)), y=np.array([0, 0, 0, 1]))
+    with pytest.raises(ValueError, match=r"tiny\.npz has 3 normal rows; .* at least"):
+        load_adbench(tmp_path)
+    (tmp_path / "tiny.npz").unlink()
+    np.savez(tmp_path / "flat.npz", X=rng.normal(size=40), y=np.r_[np.zeros(30), 1])
+    with pytest.raises(ValueError, match=r"flat\.npz: X has shape \(40,\); it must be"):
+        load_adbench(tmp_path)

@@ -215,6 +215,11 @@ def row_metrics(y: np.ndarray, scores: np.ndarray) -> dict:
 # ------------------------------------------------------------------- datasets
 
 
+# Normal rows an ADBench set needs: a one-class split fits on some and tests on
+# the rest, and every AUC of a set with fewer is close to chance by construction.
+MIN_NORMAL_ROWS = 20
+
+
 def one_class_splits(y: np.ndarray, n_splits: int, train_share: float, seed: int = 0):
     """Yield (fit_rows, test_rows): a random share of normal rows to fit, the rest
     of the normal rows and all anomalies to test."""
@@ -266,7 +271,12 @@ def load_adbench(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                 f"{path}: X has NaN or infinite values in {rows} row(s); remove or "
                 "impute them before the study."
             )
-        if X.ndim != 2 or len(X) != len(y):
+        if X.ndim != 2:
+            raise ValueError(
+                f"{path}: X has shape {X.shape}; it must be 2-D, one row of "
+                "features per sample (n x d)."
+            )
+        if len(X) != len(y):
             raise ValueError(
                 f"{path}: X has shape {X.shape} but y has {len(y)} labels."
             )
@@ -278,6 +288,13 @@ def load_adbench(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             )
         if y.min() == y.max():
             raise ValueError(f"{path}: y must hold both 0 (normal) and 1 (anomaly).")
+        n_normal = int((y == 0).sum())
+        if n_normal < MIN_NORMAL_ROWS:
+            raise ValueError(
+                f"{path} has {n_normal} normal rows; a one-class split needs at "
+                f"least {MIN_NORMAL_ROWS}, to fit on some and test the rest. Remove "
+                "the file from the folder or add rows."
+            )
         sets[path.stem] = (X, y.astype(int))
     if not sets:
         raise FileNotFoundError(f"No .npz files found in {folder}.")
