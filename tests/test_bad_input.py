@@ -593,3 +593,19 @@ def test_huge_morphology_kernel_rejected(name):
 
     with pytest.raises(ValueError, match=f"proposals.{name}=2001 is larger than"):
         RunConfig.from_dict({"features": {"proposals": {name: 2001}}}).validate()
+
+
+def test_object_array_in_labels_npz_named(tmp_path):
+    from mulde.video.labels import LabelError, load_clip_labels
+
+    path = tmp_path / "labels.npz"
+    np.savez(path, **{"01": np.array([0, 1, "x"], dtype=object)})
+    with pytest.raises(LabelError, match=r"Cannot read array '01' of .*labels\.npz"):
+        load_clip_labels(path, ["01"], [3])
+
+
+def test_deeply_nested_config_named(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text('{"a":' * 100_000 + "1" + "}" * 100_000)
+    with pytest.raises(ValueError, match=r"deep\.json is not valid JSON"):
+        RunConfig.from_file(path)

@@ -123,3 +123,14 @@ def test_saved_detector_keeps_feature_names(X, tmp_path):
 def test_empty_rows_at_explicit_levels(X):
     detector = MULDE(**TINY).fit(X)
     assert detector.multiscale_scores(X[:0], levels=[0.1]).shape == (0, 1)
+
+
+def test_huge_hidden_sizes_rejected_before_data():
+    from mulde.config import RunConfig
+
+    with pytest.raises(ValueError, match=r"hidden_sizes=\[100000000, 100000000\]"):
+        MULDE(hidden_sizes=(100_000_000, 100_000_000))._check_params()
+    with pytest.raises(ValueError, match="more than 1.07e"):
+        RunConfig.from_dict(
+            {"detector": {"hidden_sizes": [100_000, 100_000]}}
+        ).validate()

@@ -256,3 +256,12 @@ def test_unsupported_file_raises(tmp_path):
         iter_frames(path)
     with pytest.raises(VideoReadError, match=r"single\.png is a single image"):
         iter_frames(image)
+
+
+def test_float_tiff_frame_names_its_sample_type(tmp_path):
+    ok, encoded = cv2.imencode(".tif", np.full((20, 30), 0.5, dtype=np.float32))
+    assert ok
+    path = tmp_path / "000.tif"
+    path.write_bytes(encoded.tobytes())
+    with pytest.raises(VideoReadError, match=r"000\.tif: its samples are float32"):
+        read_image(path)

@@ -123,7 +123,8 @@ class RunConfig:
             raise FileNotFoundError(
                 f"Configuration file {path} does not exist."
             ) from error
-        except json.JSONDecodeError as error:
+        except (json.JSONDecodeError, RecursionError) as error:
+            # RecursionError: objects nested thousands deep.
             raise ValueError(
                 f"Configuration file {path} is not valid JSON: {error}"
             ) from error

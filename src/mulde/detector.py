@@ -44,6 +44,10 @@ logger = logging.getLogger(__name__)
 # Upper bound of n_levels for the built-in grids; scoring costs one network pass
 # per sample and level.
 MAX_LEVELS = 1024
+# Weights between hidden layers beyond which training cannot fit in common
+# memory: 2**30 float32 weights take 4 GiB, and Adam keeps gradients and two
+# moments besides.
+MAX_HIDDEN_WEIGHTS = 2**30
 # Standardised inputs are cut to this many training standard deviations, so that
 # a far outlier cannot overflow to inf and NaN in the network. Training rows lie
 # within a few; inputs of 1e4 gave finite energies and score norms in the tests.
@@ -347,6 +351,18 @@ class MULDE(OutlierMixin, BaseEstimator):
             raise ValueError(
                 f"hidden_sizes={widths!r} must be a non-empty list of positive "
                 "integer widths, such as [512, 512]."
+            )
+        # The input layer's size depends on the data, so only the hidden-to-hidden
+        # weights are counted here, before any data is read.
+        weights = sum(
+            int(a) * int(b) for a, b in zip(widths, widths[1:], strict=False)
+        ) + sum(int(w) for w in widths)
+        if weights > MAX_HIDDEN_WEIGHTS:
+            raise ValueError(
+                f"hidden_sizes={list(widths)!r} need {weights:.3g} weights between "
+                f"hidden layers, more than {MAX_HIDDEN_WEIGHTS:.3g}; with Adam's "
+                "state that is over 16 GB. Use widths such as [4096, 4096] (the "
+                "reference's) or smaller."
             )
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1).")

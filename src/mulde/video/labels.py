@@ -262,7 +262,7 @@ def load_pixel_masks_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     masks = {}
     with _open_npz(path) as archive:
         for key in sorted(archive.files, key=natural_sort_key):
-            array = archive[key]
+            array = _npz_array(archive, key, path)
             if array.ndim != 3:
                 raise LabelError(
                     f"Array {key!r} in {path} has shape {array.shape}, expected "
@@ -282,7 +282,7 @@ def load_pixel_mask_labels(path: str | os.PathLike[str]) -> dict[str, np.ndarray
     labels = {}
     with _open_npz(path) as archive:
         for key in sorted(archive.files, key=natural_sort_key):
-            array = archive[key]
+            array = _npz_array(archive, key, path)
             if array.ndim != 3:
                 raise LabelError(
                     f"Array {key!r} in {path} has shape {array.shape}, expected "
@@ -555,6 +555,21 @@ def _open_npz(path: Path):
         raise LabelError(f"Cannot read {path} as an .npz archive: {error}") from error
 
 
+def _npz_array(archive, key: str, path: Path) -> np.ndarray:
+    """Read one array of an open .npz, naming the file and array on failure.
+
+    Arrays of Python objects fail here, since np.load runs without pickle.
+    """
+    try:
+        return archive[key]
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise LabelError(
+            f"Cannot read array {key!r} of {path}: {error}. Labels must be numeric "
+            "arrays; arrays of Python objects are not read, because loading them "
+            "would run code from the file."
+        ) from error
+
+
 def _as_label_vector(array: np.ndarray, description: str) -> np.ndarray:
     array = np.asarray(array)
     if array.dtype.names is not None:
@@ -581,7 +596,7 @@ def _load_npz_labels(path: Path) -> dict[str, np.ndarray]:
     labels = {}
     with _open_npz(path) as archive:
         for key in sorted(archive.files, key=natural_sort_key):
-            array = archive[key]
+            array = _npz_array(archive, key, path)
             if array.ndim == 3:
                 labels[key] = labels_from_masks(array)
             else:

@@ -191,6 +191,14 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     if buffer.size > 0:
         image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
     if image is None:
+        # OpenCV decodes some formats, such as 32-bit float TIFF, only unchanged.
+        unchanged = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED) if buffer.size else None
+        if unchanged is not None:
+            raise VideoReadError(
+                f"Cannot read image {path}: its samples are {unchanged.dtype}, but "
+                "frames must have 8- or 16-bit integer samples. Convert the frames, "
+                "for example to 8-bit PNG."
+            )
         raise VideoReadError(
             f"Cannot decode image {path} ({buffer.size} bytes): the file is empty, "
             "truncated or not an image. Replace it with an intact copy of the frame."
