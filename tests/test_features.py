@@ -860,3 +860,18 @@ def test_lite_backbone_without_its_wheel_names_the_package(monkeypatch):
         EfficientNetLite(1)
     with pytest.raises(ValueError, match="valid variants: 0, 1, 2"):
         EfficientNetLite(3)
+
+
+def test_settings_of_other_modes_are_reported_unused():
+    from mulde.features.proposals import ProposalConfig
+
+    for mode in ("grid", "object", "frame"):
+        assert FeatureConfig(mode=mode).unused_settings() == []
+    assert FeatureConfig(mode="grid", window=4).unused_settings() == ["window"]
+    assert FeatureConfig(mode="frame", window=4).unused_settings() == []
+    assert FeatureConfig(mode="grid", magnitude_edges=()).unused_settings() == [
+        "magnitude_edges"
+    ]
+    changed = FeatureConfig(mode="frame", proposals=ProposalConfig(threshold=9.0))
+    assert changed.unused_settings() == ["proposals"]
+    assert FeatureConfig(mode="object", grid_cell=40).unused_settings() == ["grid_cell"]

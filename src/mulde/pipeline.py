@@ -647,6 +647,15 @@ def run(config: RunConfig, out: Path) -> dict:
     config.validate()
     config.resolve_defaults()
     out = check_output_folder(out)
+    unused = FeatureConfig.from_dict(config.features).unused_settings()
+    if unused:
+        logger.warning(
+            "feature settings not used in %s mode: %s. They are part of the "
+            "feature cache key, so a change to them only extracts the same "
+            "features again.",
+            config.features.get("mode", "grid"),
+            ", ".join(unused),
+        )
     timer = Timer()
 
     with timer.stage("dataset"):

@@ -84,6 +84,22 @@ _RUNTIME_FIELDS = (
     "backbone_workers",
     "torch_threads",
 )
+# Fields that only some modes read, by field; every other field serves all modes.
+_MODE_FIELDS = {
+    "crop_size": ("object",),
+    "crop_context": ("object",),
+    "flow_on_foreground": ("object",),
+    "direction_bins": ("object", "frame"),
+    "magnitude_edges": ("object", "frame"),
+    "proposals": ("object", "grid"),
+    "grid_cell": ("grid",),
+    "grid_min_foreground": ("grid",),
+    "grid_backbone_scale": ("grid",),
+    "window": ("frame",),
+    "window_mode": ("frame",),
+    "frame_pooling": ("frame",),
+    "frame_scale": ("frame",),
+}
 _TEMP_PREFIX = ".tmp-"
 # Source signature key of a frame folder's file names, sizes and times. Manifests
 # written before it existed lack it (see _load_cached).
@@ -485,6 +501,19 @@ class FeatureConfig:
                 )
             values["magnitude_edges"] = tuple(edges)
         return cls(**values)
+
+    def unused_settings(self) -> list[str]:
+        """Return the fields set away from their defaults that this mode ignores.
+
+        They still take part in :meth:`config_hash`, so changing one extracts the
+        features again for the same result.
+        """
+        default = type(self)(mode=self.mode)
+        return [
+            name
+            for name, modes in _MODE_FIELDS.items()
+            if self.mode not in modes and getattr(self, name) != getattr(default, name)
+        ]
 
     def config_hash(self) -> str:
         """Return the SHA-256 hex digest of the fields that change the features."""
