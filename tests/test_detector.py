@@ -257,7 +257,7 @@ def test_bad_training_data_raises(X, message):
 
 def test_wrong_feature_count_at_scoring_raises(fitted):
     with pytest.raises(
-        ValueError, match="has 3 features but the detector was fitted with 4"
+        ValueError, match="has 3 features, but MULDE is expecting 4 features"
     ):
         fitted.decision_function(np.ones((2, 3)))
     with pytest.raises(ValueError, match="NaN or infinite"):

@@ -134,3 +134,19 @@ def test_huge_hidden_sizes_rejected_before_data():
         RunConfig.from_dict(
             {"detector": {"hidden_sizes": [100_000, 100_000]}}
         ).validate()
+
+
+# The array API check needs SCIPY_ARRAY_API set, and skips itself otherwise.
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.SkipTestWarning")
+def test_scikit_learn_estimator_checks_pass():
+    from sklearn.utils.estimator_checks import check_estimator
+
+    # predict returns PyOD's 0/1 labels, where these two checks want -1/+1.
+    pyod_labels = "predict returns 0/1 (PyOD), not -1/+1 (scikit-learn)"
+    check_estimator(
+        MULDE(hidden_sizes=(8,), epochs=1, n_levels=4, random_state=0, device="cpu"),
+        expected_failed_checks={
+            "check_outliers_train": pyod_labels,
+            "check_outliers_fit_predict": pyod_labels,
+        },
+    )

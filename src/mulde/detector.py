@@ -84,24 +84,33 @@ def check_features(X, name: str = "X", n_features: int | None = None) -> np.ndar
             f"{name} is a sparse matrix; the detector needs dense rows, so pass "
             f"{name}.toarray()."
         )
-    if np.iscomplexobj(X):
-        raise ValueError(
-            f"{name} has complex values; pass real features, such as the real and "
-            "imaginary parts as separate columns."
-        )
     try:
         array = np.asarray(X)
-        if array.dtype not in (np.float32, np.float64):
-            array = array.astype(np.float64)
     except (TypeError, ValueError) as error:
         raise ValueError(
             f"{name} must be a numeric array of shape (n_samples, n_features); "
-            f"converting it to float failed: {error}"
+            f"reading it as an array failed: {error}"
         ) from error
+    # The messages contain the phrases that scikit-learn's estimator checks
+    # look for: "Complex data not supported", "Reshape your data" and others.
+    if np.iscomplexobj(array):
+        raise ValueError(
+            f"Complex data not supported: {name} has complex values; pass real "
+            "features, such as the real and imaginary parts as separate columns."
+        )
+    if array.dtype not in (np.float32, np.float64):
+        try:
+            array = array.astype(np.float64)
+        except (TypeError, ValueError) as error:
+            # A TypeError stays one, for values such as dicts that are no numbers.
+            raise type(error)(
+                f"{name} must be a numeric array of shape (n_samples, n_features); "
+                f"converting it to float failed: {error}"
+            ) from error
     if array.ndim == 1 and n_features is not None:
         raise ValueError(
             f"{name} has shape {array.shape}; expected (n_samples, {n_features}). "
-            "Use X.reshape(1, -1) for a single sample."
+            "Reshape your data with X.reshape(1, -1) for a single sample."
         )
     if array.ndim != 2:
         raise ValueError(
@@ -109,7 +118,10 @@ def check_features(X, name: str = "X", n_features: int | None = None) -> np.ndar
             "(n_samples, n_features)."
         )
     if array.shape[1] == 0:
-        raise ValueError(f"{name} has shape {array.shape}: it has no features.")
+        raise ValueError(
+            f"{name} has 0 feature(s) (shape={array.shape}) while a minimum of 1 is "
+            "required."
+        )
     bad = ~np.isfinite(array)
     if bad.any():
         rows = np.unique(np.nonzero(bad)[0])
@@ -125,8 +137,9 @@ def check_features(X, name: str = "X", n_features: int | None = None) -> np.ndar
         )
     if n_features is not None and array.shape[1] != n_features:
         raise ValueError(
-            f"{name} has {array.shape[1]} features but the detector was fitted with "
-            f"{n_features}; score features built the same way as the training ones."
+            f"{name} has {array.shape[1]} features, but MULDE is expecting "
+            f"{n_features} features as input; score features built the same way as "
+            "the training ones."
         )
     return array
 
@@ -443,7 +456,8 @@ class MULDE(OutlierMixin, BaseEstimator):
         X = check_features(X)
         if X.shape[0] < 2:
             raise ValueError(
-                f"X has {X.shape[0]} sample(s); fitting needs at least 2 training rows."
+                f"Found array with {X.shape[0]} sample(s) while a minimum of 2 is "
+                "required: fitting needs at least 2 training rows."
             )
         seed = self._seed()
         self.seed_ = seed
