@@ -4,8 +4,9 @@ For each gap the script measures, on every tenth frame of every third training
 clip, the median flow magnitude (px/frame) on foreground pixels and the 99th
 percentile on background pixels at least 4 px from any foreground. Their ratio
 measures how far the motion of typical objects is above the error of the flow.
-No label is read, so the ratio may choose ``FeatureConfig.flow_gap``; the default
-of 4 came from this script on the UCSD Ped2 training clips.
+No label is read, so the ratio may choose ``FeatureConfig.flow_gap`` and
+``FeatureConfig.flow_preset``; the default gap of 4 came from this script on the
+UCSD Ped2 training clips. ``--presets`` compares DIS presets at each gap.
 
 Run from the repository root::
 
@@ -15,6 +16,7 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import cv2
@@ -59,18 +61,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--gaps", default="1,2,3,4,6", help="comma-separated gaps in frames"
     )
+    parser.add_argument(
+        "--presets",
+        default="ultrafast",
+        help="comma-separated DIS presets (ultrafast, fast, medium)",
+    )
     args = parser.parse_args(argv)
     clips = sorted(p for p in args.root.iterdir() if p.is_dir())[::3]
     if not clips:
         parser.error(f"no clip folders under {args.root}")
-    config = FeatureConfig()
-    print("gap  foreground median  background p99  ratio")
-    for gap in (int(g) for g in args.gaps.split(",")):
-        foreground, background = gap_ratio(clips, gap, config)
-        print(
-            f"{gap:3d}  {foreground:17.2f}  {background:14.2f}  "
-            f"{foreground / background:5.2f}"
-        )
+    print("preset     gap  foreground median  background p99  ratio  seconds")
+    for preset in args.presets.split(","):
+        config = FeatureConfig(flow_preset=preset)
+        for gap in (int(g) for g in args.gaps.split(",")):
+            start = time.perf_counter()
+            foreground, background = gap_ratio(clips, gap, config)
+            print(
+                f"{preset:9s}  {gap:3d}  {foreground:17.2f}  {background:14.2f}  "
+                f"{foreground / background:5.2f}  {time.perf_counter() - start:7.1f}"
+            )
     return 0
 
 
