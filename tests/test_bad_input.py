@@ -1,6 +1,7 @@
 """Bad input found by trying to break the product: each case raises clearly, early."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -220,19 +221,31 @@ def test_config_file_not_utf8_named(tmp_path):
         RunConfig.from_file(tmp_path)
 
 
-def test_damaged_model_header_names_the_file(X, tmp_path):
+def _saved_model(X, folder: Path) -> tuple[Path, dict, dict]:
+    """Save a small fitted detector; return its path, header and arrays."""
     from safetensors import safe_open
-    from safetensors.numpy import load_file, save_file
+    from safetensors.numpy import load_file
 
     path = (
         MULDE(hidden_sizes=(8,), epochs=1, random_state=0)
         .fit(X)
-        .save(tmp_path / "d.safetensors")
+        .save(folder / "d.safetensors")
     )
     with safe_open(str(path), framework="np") as reader:
         header = json.loads(reader.metadata()["mulde"])
+    return path, header, load_file(str(path))
+
+
+def _rewrite_model(path: Path, header: dict, arrays: dict) -> None:
+    from safetensors.numpy import save_file
+
+    save_file(arrays, str(path), metadata={"mulde": json.dumps(header)})
+
+
+def test_damaged_model_header_names_the_file(X, tmp_path):
+    path, header, arrays = _saved_model(X, tmp_path)
     del header["params"]
-    save_file(load_file(str(path)), str(path), metadata={"mulde": json.dumps(header)})
+    _rewrite_model(path, header, arrays)
     with pytest.raises(ValueError, match="d.safetensors has a damaged mulde header"):
         MULDE.load(path)
 
@@ -246,23 +259,13 @@ def test_damaged_model_header_names_the_file(X, tmp_path):
     ],
 )
 def test_edited_model_file_rejected_on_load(X, tmp_path, edit, message):
-    from safetensors import safe_open
-    from safetensors.numpy import load_file, save_file
-
-    path = (
-        MULDE(hidden_sizes=(8,), epochs=1, random_state=0)
-        .fit(X)
-        .save(tmp_path / "d.safetensors")
-    )
-    with safe_open(str(path), framework="np") as reader:
-        header = json.loads(reader.metadata()["mulde"])
-    arrays = load_file(str(path))
+    path, header, arrays = _saved_model(X, tmp_path)
     if edit == "nan weights":
         name = next(key for key in arrays if key.startswith("network."))
         arrays[name] = np.full_like(arrays[name], np.nan)
     else:
         header["params"] |= edit
-    save_file(arrays, str(path), metadata={"mulde": json.dumps(header)})
+    _rewrite_model(path, header, arrays)
 
     with pytest.raises(ValueError, match=message) as info:
         MULDE.load(path)

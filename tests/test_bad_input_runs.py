@@ -457,7 +457,7 @@ def test_score_out_folder_rejected_before_work(small_run, tmp_path, capsys):
     folder.mkdir()
     code, err = _score(small_run / "run", small_run / "data" / "test", folder, capsys)
     assert code == 2
-    assert "is a folder; give the path of the CSV file" in err
+    assert "it is a folder; give the path of a file, such as" in err
     assert list(folder.iterdir()) == []
 
 
@@ -480,7 +480,7 @@ def test_score_out_with_trailing_slash_is_a_folder(small_run, tmp_path, capsys):
     out = f"{tmp_path / 'newdir'}/"
     code, err = _score(small_run / "run", small_run / "data" / "test", out, capsys)
     assert code == 2
-    assert "is a folder; give the path of the CSV file" in err
+    assert "it is a folder; give the path of a file, such as" in err
     assert not (tmp_path / "newdir").exists()
 
 

@@ -292,8 +292,8 @@ def _score(args: argparse.Namespace) -> int:
     if args.out.endswith(("/", os.sep)):
         # Path() drops the slash, which would make a file of that folder's name.
         raise IsADirectoryError(
-            f"--out {args.out} is a folder; give the path of the CSV file to "
-            f"write, such as {Path(args.out) / 'scores.csv'}."
+            f"Cannot write the scores (--out) to {args.out}: it is a folder; give "
+            f"the path of a file, such as {Path(args.out) / 'scores.csv'}."
         )
     cache_dir = Path(args.cache_dir) if args.cache_dir else None
     smoothed = score_clip_folder(

@@ -46,6 +46,26 @@ def atomic_write(path: Path, write) -> Path:
     return path
 
 
+def check_file_target(path: Path, description: str, example: Path) -> None:
+    """Raise unless a file can be created at ``path``.
+
+    IsADirectoryError when ``path`` is a folder, NotADirectoryError when a file
+    stands where one of its parent folders should be. ``description`` names
+    what is written, and ``example`` is a file path to suggest instead.
+    """
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"Cannot write {description} to {path}: it is a folder; give the path "
+            f"of a file, such as {example}."
+        )
+    blocking = next((p for p in path.parents if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise NotADirectoryError(
+            f"Cannot write {description} to {path}: {blocking} is a file, not a "
+            "folder; choose another path."
+        )
+
+
 def default_file_mode() -> int:
     """Return the permission bits that a new file gets under the current umask."""
     mask = os.umask(0)
@@ -68,17 +88,7 @@ def save_detector(detector, path: Path) -> Path:
 
     if not hasattr(detector, "aggregator_"):
         raise RuntimeError("Only a fitted detector can be saved; call fit(X) first.")
-    if path.is_dir():
-        raise IsADirectoryError(
-            f"Cannot save the detector to {path}: it is a folder; pass a file path "
-            "such as detector.safetensors."
-        )
-    blocking = next((p for p in path.parents if p.exists()), None)
-    if blocking is not None and not blocking.is_dir():
-        raise NotADirectoryError(
-            f"Cannot save the detector to {path}: {blocking} is a file, not a "
-            "folder; choose another path."
-        )
+    check_file_target(path, "the detector", path.parent / "detector.safetensors")
     params = detector.get_params()
     if callable(params["weighting"]):
         raise ValueError(

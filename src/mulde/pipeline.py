@@ -959,15 +959,22 @@ def check_output_folder(out) -> Path:
     return out
 
 
-def check_cache_folder(cache_dir: Path) -> None:
-    """Raise ValueError naming the feature cache when it cannot be written."""
+def check_cache_folder(
+    folder: Path,
+    description: str = "the feature cache folder",
+    remedy: str = "a writable --cache-dir",
+) -> None:
+    """Create ``folder`` if needed and raise ValueError if it cannot be written.
+
+    ``description`` names the folder in the message and ``remedy`` says what to
+    choose instead.
+    """
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        probe = Path(tempfile.mkdtemp(prefix=".write-check-", dir=cache_dir))
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = Path(tempfile.mkdtemp(prefix=".write-check-", dir=folder))
     except OSError as error:
         raise ValueError(
-            f"Cannot write the feature cache folder {cache_dir}: {error}. Choose a "
-            "writable --cache-dir."
+            f"Cannot write {description} {folder}: {error}. Choose {remedy}."
         ) from error
     probe.rmdir()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -415,13 +414,10 @@ def check_scores_path(out: Path, run_dir: Path) -> None:
     that ``mulde run`` wrote into ``run_dir``, nor a metrics file beside the
     CSV that would be one.
     """
-    from mulde.pipeline import OUTPUT_NAMES
+    from mulde.persistence import check_file_target
+    from mulde.pipeline import OUTPUT_NAMES, check_cache_folder
 
-    if out.is_dir():
-        raise IsADirectoryError(
-            f"--out {out} is a folder; give the path of the CSV file to write, "
-            f"such as {out / 'scores.csv'}."
-        )
+    check_file_target(out, "the scores (--out)", out / "scores.csv")
     run_files = set(OUTPUT_NAMES) | model_file_names() | {"seeds.json"}
     for path in (out, metrics_path(out)):
         if path.resolve().parent == run_dir.resolve() and path.name in run_files:
@@ -430,21 +426,7 @@ def check_scores_path(out: Path, run_dir: Path) -> None:
                 f"{run_dir}; choose another file name, or a path outside the run "
                 "folder."
             )
-    blocking = next((p for p in out.parents if p.exists()), None)
-    if blocking is not None and not blocking.is_dir():
-        raise NotADirectoryError(
-            f"--out {out} cannot be written: {blocking} is a file, not a folder. "
-            "Choose another path."
-        )
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=out.parent, prefix=".write-check-")
-    except OSError as error:
-        raise ValueError(
-            f"--out {out} cannot be written ({error.strerror or error}); choose a "
-            "writable folder."
-        ) from error
-    probe.close()
+    check_cache_folder(out.parent, "the scores' folder", "a writable --out")
 
 
 def metrics_path(out: Path) -> Path:
