@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--presets",
-        default="ultrafast",
+        default="medium",
         help="comma-separated DIS presets (ultrafast, fast, medium)",
     )
     args = parser.parse_args(argv)

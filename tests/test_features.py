@@ -216,7 +216,7 @@ def test_torchvision_backbone_without_torchvision():
 
 
 @needs_ped2
-@pytest.mark.parametrize("preset", ["ultrafast", "fast"])
+@pytest.mark.parametrize("preset", ["ultrafast", "fast", "medium"])
 @pytest.mark.parametrize("shift", [(2.0, -1.0), (0.5, 1.5), (-3.0, 0.0)])
 def test_flow_recovers_shift(ped2_frames, preset, shift):
     gray = cv2.cvtColor(ped2_frames[0], cv2.COLOR_RGB2GRAY)

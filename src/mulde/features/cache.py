@@ -300,20 +300,24 @@ class FeatureConfig:
         (object mode). Otherwise every pixel of its box counts, and the static
         background inside the box lowers its measured speed.
     flow_preset : str
-        OpenCV DIS preset: ``"ultrafast"``, ``"fast"`` or ``"medium"``. On UCSD
-        Ped2 training clip 16, measured on a 2-core AMD EPYC, ``"ultrafast"`` ran
-        at 344 frames per CPU second and ``"fast"`` at 182. The median flow on
-        pedestrians was 0.7 px/frame with ``"ultrafast"`` and 0.4 px/frame with
-        ``"fast"``, against a median box-centre speed of 1.0 px/frame, because
-        the variational refinement of ``"fast"`` smooths the motion of small
-        objects into the background.
+        OpenCV DIS preset: ``"ultrafast"``, ``"fast"`` or ``"medium"``. The
+        default comes from the UCSD Ped2 training clips alone, by ``python -m
+        benchmarks.flow_gap --presets ultrafast,fast,medium``: at a gap of 4,
+        the ratio of the median flow on foreground pixels to the 99th percentile
+        on static background was 0.88 with ``"ultrafast"``, 0.98 with
+        ``"fast"`` and 1.64 with ``"medium"``, whose error on the background is
+        half that of ``"ultrafast"`` at the same foreground flow. ``"fast"``
+        smooths the motion of small objects into the background. On 240 x 360
+        frames ``"medium"`` took 6.0 ms per flow on 2 cores of a Xeon, against
+        0.9 ms for ``"ultrafast"``.
     flow_gap : int
         Frames between the two images of each flow; velocities stay in pixels
         per frame. The default comes from the UCSD Ped2 training clips alone (10
         frames/s), by ``python -m benchmarks.flow_gap``: the ratio of the median
         flow on foreground pixels to the 99th percentile on static background,
         with "ultrafast", was 0.74 at a gap of 1, 0.86 at 3, 0.88 at 4 and 0.84
-        at 6. Videos with more frames per second may prefer a longer gap.
+        at 6, and with "medium" 1.61 at 2, 1.64 at 4 and 1.39 at 6. Videos with
+        more frames per second may prefer a longer gap.
     direction_bins : int
         Number of flow direction bins.
     magnitude_edges : tuple of float
@@ -373,7 +377,7 @@ class FeatureConfig:
     backbone: str = "efficientnet_lite0"
     crop_size: int = 64
     crop_context: float = 0.1
-    flow_preset: str = "ultrafast"
+    flow_preset: str = "medium"
     flow_on_foreground: bool = True
     flow_gap: int = 4
     direction_bins: int = 8

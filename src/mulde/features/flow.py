@@ -46,7 +46,7 @@ class FlowEstimator:
         ``"ultrafast"``, ``"fast"`` or ``"medium"``, the DIS presets of OpenCV.
     """
 
-    def __init__(self, preset: str = "ultrafast") -> None:
+    def __init__(self, preset: str = "medium") -> None:
         if preset not in FLOW_PRESETS:
             raise ValueError(
                 f"unknown flow preset {preset!r}; "
