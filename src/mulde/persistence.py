@@ -49,8 +49,8 @@ def atomic_write(path: Path, write) -> Path:
 def check_file_target(path: Path, description: str, example: Path) -> None:
     """Raise unless a file can be created at ``path``.
 
-    IsADirectoryError when ``path`` is a folder, NotADirectoryError when a file
-    stands where one of its parent folders should be. ``description`` names
+    IsADirectoryError when ``path`` is a folder, NotADirectoryError when one of
+    its parent paths is a file. ``description`` names
     what is written, and ``example`` is a file path to suggest instead.
     """
     if path.is_dir():

@@ -966,8 +966,8 @@ def check_cache_folder(
 ) -> None:
     """Create ``folder`` if needed and raise ValueError if it cannot be written.
 
-    ``description`` names the folder in the message and ``remedy`` says what to
-    choose instead.
+    ``description`` names the folder in the message, and ``remedy`` is the
+    alternative that the message suggests.
     """
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -604,7 +604,7 @@ def save_clip_features(features: ClipFeatures, path: Path) -> None:
 
 
 def _check_not_folder(path: Path, what: str) -> None:
-    """Raise IsADirectoryError naming ``path`` if a folder stands where a file goes."""
+    """Raise IsADirectoryError naming ``path`` if it is a folder, not a file."""
     if path.is_dir():
         raise IsADirectoryError(
             f"Cannot write the {what} {path}: it is a folder. Move or delete that "
