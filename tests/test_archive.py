@@ -482,7 +482,7 @@ def test_unpack_command_reports_unusable_dataset(tmp_path, capsys, damage):
     assert (tmp_path / "dest" / UCSD_TOP / "UCSDped2" / "Train").is_dir()
 
 
-def test_unpack_other_ucsd_dataset_names_dest_not_temporary_folder(tmp_path):
+def test_unpack_ped1_as_ped2_names_dest(tmp_path):
     members = {
         name.replace("UCSDped2", "UCSDped1"): data
         for name, data in ucsd_members().items()

@@ -430,9 +430,7 @@ def _other_dataset(tmp_path, name="02") -> VideoDataset:
     return VideoDataset("other", frames, train=train, test=test)
 
 
-def test_same_clip_names_from_two_sources_keep_their_own_files(
-    tmp_path, small_dataset, extraction_counter
-):
+def test_same_clip_name_two_sources(tmp_path, small_dataset, extraction_counter):
     config = FeatureConfig(batch_size=16)
     cache_dir = tmp_path / "cache"
     other = _other_dataset(tmp_path)
@@ -492,7 +490,7 @@ def test_cache_entry_replaced_by_a_folder_is_named(tmp_path, small_dataset, targ
 
 
 @pytest.mark.parametrize("new_entries_too", [False, True])
-def test_cache_of_the_layout_without_source_keys_is_renamed(
+def test_old_cache_layout_renamed(
     tmp_path, small_dataset, extraction_counter, caplog, new_entries_too
 ):
     config = FeatureConfig(batch_size=16)

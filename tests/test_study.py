@@ -65,7 +65,7 @@ def test_interval_matches_t_distribution():
     assert interval([0.5])["low"] is None
 
 
-def test_interval_of_two_runs_stays_within_zero_and_one():
+def test_interval_clipped_to_unit_range():
     from mulde.study_report import _fmt
 
     result = interval([0.2, 0.65])
