@@ -460,9 +460,10 @@ def study_tabular(name, X, y, variants, config, records, bands) -> None:
 def study_ped2(variants, config, records, bands) -> None:
     """Ped2 from cached object-centric features, scored per frame.
 
-    The study keeps the object mode and the float32 backbone that its recorded
-    results used, although the main job now defaults to grid cells and to
-    bfloat16 on CPUs with AMX, so that a rerun reproduces them.
+    The study keeps the object mode, the float32 backbone and the DIS ultrafast
+    flow that its recorded results used, although the main job now defaults to
+    grid cells, bfloat16 on CPUs with AMX and DIS medium, so that a rerun
+    reproduces them.
     """
     from mulde.config import RunConfig
     from mulde.evaluation import frame_metrics, smooth
@@ -477,7 +478,11 @@ def study_ped2(variants, config, records, bands) -> None:
     from mulde.video import load_dataset
 
     run_config = RunConfig()
-    run_config.features = {"mode": "object", "precision": "float32"}
+    run_config.features = {
+        "mode": "object",
+        "precision": "float32",
+        "flow_preset": "ultrafast",
+    }
     dataset = load_dataset("ped2", Path(config.ped2_root))
     cache_dir = (
         Path(config.ped2_cache_dir) if config.ped2_cache_dir else default_cache_dir()
@@ -746,8 +751,8 @@ def add_study_parser(subparsers) -> None:
     parser.add_argument("--adbench", help="folder of ADBench .npz files (X, y)")
     parser.add_argument(
         "--ped2",
-        help="Ped2 root; its object-mode features (float32 backbone) are read from "
-        "the feature cache, or extracted into it",
+        help="Ped2 root; its object-mode features (float32 backbone, DIS "
+        "ultrafast flow) are read from the feature cache, or extracted into it",
     )
     parser.add_argument(
         "--cache-dir", help="feature cache folder (default: the main job's)"
