@@ -365,8 +365,8 @@ class MULDE(OutlierMixin, BaseEstimator):
                 f"hidden_sizes={widths!r} must be a non-empty list of positive "
                 "integer widths, such as [512, 512]."
             )
-        # The input layer's size depends on the data, so only the hidden-to-hidden
-        # weights are counted here, before any data is read.
+        # The input layer's size depends on the data, so only the weights after
+        # the first hidden layer (output layer included) are counted here.
         weights = sum(
             int(a) * int(b) for a, b in zip(widths, widths[1:], strict=False)
         ) + sum(int(w) for w in widths)
@@ -483,15 +483,17 @@ class MULDE(OutlierMixin, BaseEstimator):
         # receives the rows. A float32 variance also overflows above about 1e19.
         mean = X_train.mean(axis=0, dtype=np.float64)
         scale = X_train.std(axis=0, dtype=np.float64)
-        # Squares of values below about 1e-154 underflow to 0, so such columns
-        # get their spread again after scaling by their largest magnitude.
-        magnitude = np.abs(X_train).max(axis=0).astype(np.float64)
-        underflow = (scale == 0) & (magnitude > 0)
-        if underflow.any():
-            scaled = X_train[:, underflow] / magnitude[underflow]
-            scale[underflow] = (
-                scaled.std(axis=0, dtype=np.float64) * magnitude[underflow]
-            )
+        # Squares of values below about 1e-154 underflow to 0, so columns of zero
+        # spread get it again after scaling by their largest magnitude. Only those
+        # columns are copied, since X_train may fill most of the memory.
+        flat = np.flatnonzero(scale == 0)
+        if flat.size:
+            columns = X_train[:, flat].astype(np.float64)
+            magnitude = np.abs(columns).max(axis=0)
+            tiny = magnitude > 0
+            scale[flat[tiny]] = (columns[:, tiny] / magnitude[tiny]).std(
+                axis=0
+            ) * magnitude[tiny]
         self.mean_ = mean
         # A feature whose spread is below the rounding of its mean in the input's
         # dtype (or below that dtype's smallest normal number) is constant:
