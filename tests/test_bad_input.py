@@ -284,12 +284,12 @@ def test_scores_of_no_rows_are_empty(X):
 
 
 def test_cache_folder_that_is_a_file_named(tmp_path):
-    from mulde.pipeline import check_cache_folder
+    from mulde.pipeline import check_writable_folder
 
     blocker = tmp_path / "cache"
     blocker.write_text("not a folder")
     with pytest.raises(ValueError, match="Cannot write the feature cache folder"):
-        check_cache_folder(blocker)
+        check_writable_folder(blocker)
 
 
 @pytest.mark.parametrize(

@@ -46,17 +46,16 @@ def atomic_write(path: Path, write) -> Path:
     return path
 
 
-def check_file_target(path: Path, description: str, example: Path) -> None:
+def check_file_target(path: Path, description: str, remedy: str) -> None:
     """Raise unless a file can be created at ``path``.
 
     IsADirectoryError when ``path`` is a folder, NotADirectoryError when one of
-    its parent paths is a file. ``description`` names
-    what is written, and ``example`` is a file path to suggest instead.
+    its parent paths is a file. ``description`` names what is written, and
+    ``remedy`` tells the user what to do about a folder at ``path``.
     """
     if path.is_dir():
         raise IsADirectoryError(
-            f"Cannot write {description} to {path}: it is a folder; give the path "
-            f"of a file, such as {example}."
+            f"Cannot write {description} to {path}: it is a folder; {remedy}."
         )
     blocking = next((p for p in path.parents if p.exists()), None)
     if blocking is not None and not blocking.is_dir():
@@ -88,7 +87,11 @@ def save_detector(detector, path: Path) -> Path:
 
     if not hasattr(detector, "aggregator_"):
         raise RuntimeError("Only a fitted detector can be saved; call fit(X) first.")
-    check_file_target(path, "the detector", path.parent / "detector.safetensors")
+    check_file_target(
+        path,
+        "the detector",
+        f"give the path of a file, such as {path.parent / 'detector.safetensors'}",
+    )
     params = detector.get_params()
     if callable(params["weighting"]):
         raise ValueError(

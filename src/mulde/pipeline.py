@@ -735,7 +735,7 @@ def run(config: RunConfig, out: Path) -> dict:
 
     with timer.stage("features"):
         feature_config = FeatureConfig.from_dict(config.features)
-        check_cache_folder(cache_dir)
+        check_writable_folder(cache_dir)
         # Clips stay in the cache files and are read one at a time below.
         features = extract_dataset(
             dataset, feature_config, cache_dir, verbose=config.verbose >= 1, lazy=True
@@ -959,7 +959,7 @@ def check_output_folder(out) -> Path:
     return out
 
 
-def check_cache_folder(
+def check_writable_folder(
     folder: Path,
     description: str = "the feature cache folder",
     remedy: str = "a writable --cache-dir",

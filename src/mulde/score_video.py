@@ -318,8 +318,8 @@ def score_clip_folder(
     from mulde.features.cache import FeatureConfig, extract_dataset
     from mulde.persistence import atomic_write
     from mulde.pipeline import (
-        check_cache_folder,
         check_frame_size,
+        check_writable_folder,
         default_cache_dir,
         first_frame_summary,
         score_clips,
@@ -366,7 +366,7 @@ def score_clip_folder(
             f"read the cache as a clip; pass a --cache-dir outside {clips_dir}."
         )
     # A run's config.json may name a cache folder of another machine or user.
-    check_cache_folder(cache_root)
+    check_writable_folder(cache_root)
     clip_labels = None
     if labels is not None:
         clip_labels = _load_new_clip_labels(Path(labels), clips)
@@ -415,9 +415,13 @@ def check_scores_path(out: Path, run_dir: Path) -> None:
     CSV that would be one.
     """
     from mulde.persistence import check_file_target
-    from mulde.pipeline import OUTPUT_NAMES, check_cache_folder
+    from mulde.pipeline import OUTPUT_NAMES, check_writable_folder
 
-    check_file_target(out, "the scores (--out)", out / "scores.csv")
+    check_file_target(
+        out,
+        "the scores (--out)",
+        f"give the path of a file, such as {out / 'scores.csv'}",
+    )
     run_files = set(OUTPUT_NAMES) | model_file_names() | {"seeds.json"}
     for path in (out, metrics_path(out)):
         if path.resolve().parent == run_dir.resolve() and path.name in run_files:
@@ -426,7 +430,7 @@ def check_scores_path(out: Path, run_dir: Path) -> None:
                 f"{run_dir}; choose another file name, or a path outside the run "
                 "folder."
             )
-    check_cache_folder(out.parent, "the scores' folder", "a writable --out")
+    check_writable_folder(out.parent, "the scores' folder", "a writable --out")
 
 
 def metrics_path(out: Path) -> Path:

@@ -37,7 +37,7 @@ from mulde.features.backbone import (
 from mulde.features.flow import DEFAULT_MAGNITUDE_EDGES, FLOW_PRESETS
 from mulde.features.proposals import ProposalConfig
 from mulde.network import dtype_name, resolve_device, resolve_precision
-from mulde.persistence import default_file_mode
+from mulde.persistence import check_file_target, default_file_mode
 from mulde.validation import check_field_types, check_known_keys
 from mulde.video.clips import Clip, VideoDataset
 
@@ -577,7 +577,7 @@ def save_clip_features(features: ClipFeatures, path: Path) -> None:
     ``path`` with ``os.replace``, so readers see either the old or the new file.
     """
     path = Path(path)
-    _check_not_folder(path, "feature file")
+    _check_cache_file(path, "the feature file")
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {
         "n_frames": np.asarray(features.n_frames, dtype=np.int64),
@@ -603,13 +603,13 @@ def save_clip_features(features: ClipFeatures, path: Path) -> None:
         raise
 
 
-def _check_not_folder(path: Path, what: str) -> None:
-    """Raise IsADirectoryError naming ``path`` if it is a folder, not a file."""
-    if path.is_dir():
-        raise IsADirectoryError(
-            f"Cannot write the {what} {path}: it is a folder. Move or delete that "
-            "folder, or choose another cache folder with --cache-dir."
-        )
+def _check_cache_file(path: Path, description: str) -> None:
+    """Raise naming ``path`` if a folder is where a cache file must go."""
+    check_file_target(
+        path,
+        description,
+        "move or delete that folder, or choose another cache folder with --cache-dir",
+    )
 
 
 def load_clip_features(path: Path) -> ClipFeatures:
@@ -734,7 +734,7 @@ def extract_dataset(
     """
     folder = cache_folder(cache_dir, config)
     folder.mkdir(parents=True, exist_ok=True)
-    _check_not_folder(folder / MANIFEST_NAME, "feature manifest")
+    _check_cache_file(folder / MANIFEST_NAME, "the feature manifest")
     splits = {"train": list(dataset.train), "test": list(dataset.test)}
     labels = {split: split for split in splits} | dict(split_labels or {})
     for split, clips in splits.items():
@@ -1108,7 +1108,7 @@ def _merge_manifest(
 
 
 def _write_manifest(path: Path, manifest: dict) -> None:
-    _check_not_folder(path, "feature manifest")
+    _check_cache_file(path, "the feature manifest")
     descriptor, temp_name = tempfile.mkstemp(
         prefix=_TEMP_PREFIX, suffix=".json", dir=path.parent
     )
