@@ -523,7 +523,7 @@ def test_score_single_clip_folder_suggests_parent(small_run, tmp_path, capsys):
     clip = next((small_run / "data" / "test").iterdir())
     code, err = _score(small_run / "run", clip, tmp_path / "s.csv", capsys)
     assert code == 2
-    assert "holds frame images itself, so it is one clip" in err
+    assert "contains frame images itself, so it is one clip" in err
 
 
 @pytest.mark.parametrize("damage", ["missing", "not json", "list"])

@@ -104,7 +104,7 @@ def _missing_detector_message(path: Path, config: RunConfig) -> str:
     if not found:
         return f"{path} not found; the run folder is incomplete."
     return (
-        f"{path} not found, but the run folder holds {', '.join(found)}: "
+        f"{path} not found, but the run folder contains {', '.join(found)}: "
         f"{path.parent / 'config.json'} asks for scoring "
         f"{config.scoring.scoring!r} of the groups "
         f"{config.feature_groups()}, so it was edited after the run (scoring.scoring,"
@@ -346,7 +346,7 @@ def score_clip_folder(
         is_image_file(path) for path in Path(clips_dir).iterdir()
     ):
         hint = (
-            f"{clips_dir} holds frame images itself, so it is one clip: pass its "
+            f"{clips_dir} contains frame images itself, so it is one clip: pass its "
             "parent folder, or move it into a folder of its own."
         )
     clips = discover_clips(clips_dir, empty_hint=hint)
@@ -394,25 +394,20 @@ def score_clip_folder(
     logger.info("scored %d clips -> %s", len(clips), out)
     if clip_labels is not None:
         _write_new_clip_metrics(Path(out), raw, smoothed, clip_labels, config)
-    elif metrics_path(Path(out)).is_file():
+    elif (stale := metrics_path(Path(out))).is_file():
         # Metrics of an earlier scoring with labels would sit beside scores
         # that they do not describe.
-        metrics_path(Path(out)).unlink()
-        logger.info(
-            "removed %s, the metrics of an earlier scoring into %s",
-            metrics_path(Path(out)),
-            out,
-        )
+        stale.unlink()
+        logger.info("removed %s, the metrics of an earlier scoring into %s", stale, out)
     return smoothed
 
 
 def check_scores_path(out: Path, run_dir: Path) -> None:
     """Raise unless ``out`` can take the scores CSV without harm to ``run_dir``.
 
-    ``out`` must name a file, not a folder, below a
-    folder that exists or can be created and written. It must not be a file
-    that ``mulde run`` wrote into ``run_dir``, nor a metrics file beside the
-    CSV that would be one.
+    ``out`` must name a file, not a folder, below a folder that exists or can
+    be created and written. It must not be a file that ``mulde run`` wrote into
+    ``run_dir``.
     """
     from mulde.persistence import check_file_target
     from mulde.pipeline import OUTPUT_NAMES, check_writable_folder
@@ -422,14 +417,14 @@ def check_scores_path(out: Path, run_dir: Path) -> None:
         "the scores (--out)",
         f"give the path of a file, such as {out / 'scores.csv'}",
     )
+    # The metrics file beside the CSV, <stem>.metrics.json, cannot have a run
+    # file's name, so only the CSV itself is checked.
     run_files = set(OUTPUT_NAMES) | model_file_names() | {"seeds.json"}
-    for path in (out, metrics_path(out)):
-        if path.resolve().parent == run_dir.resolve() and path.name in run_files:
-            raise ValueError(
-                f"--out {out} would overwrite {path.name} of the run folder "
-                f"{run_dir}; choose another file name, or a path outside the run "
-                "folder."
-            )
+    if out.resolve().parent == run_dir.resolve() and out.name in run_files:
+        raise ValueError(
+            f"--out {out} would overwrite {out.name} of the run folder {run_dir}; "
+            "choose another file name, or a path outside the run folder."
+        )
     check_writable_folder(out.parent, "the scores' folder", "a writable --out")
 
 
@@ -495,14 +490,17 @@ def _read_run_metrics(run_dir: Path) -> dict:
             f"{path} not found; the run folder is incomplete. Pass the --out "
             "folder of a finished `mulde run`, or run it again."
         )
+    advice = "restore the run's metrics.json, or run `mulde run` again."
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        metrics = error
+        raise ValueError(
+            f"{path} is not a readable metrics file ({error}); {advice}"
+        ) from error
     if not isinstance(metrics, dict):
         raise ValueError(
-            f"{path} is not a readable metrics file ({metrics!r:.80}); restore the "
-            "run's metrics.json, or run `mulde run` again."
+            f"{path} is not a metrics file: it contains a JSON "
+            f"{type(metrics).__name__}, not an object; {advice}"
         )
     return metrics
 
