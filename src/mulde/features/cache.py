@@ -800,7 +800,8 @@ def _extract_split(
     features: dict[str, ClipFeatures] = {}
     # File, frame count and row count of every clip done so far.
     done: dict[str, tuple[Path, int, int]] = {}
-    pending: list[tuple[Clip, dict]] = []
+    # Clips to extract, with their source signature and manifest key.
+    pending: list[tuple[Clip, dict, str]] = []
     # Cached entries that get the file digest that older versions did not write.
     upgraded = 0
     # Entries this process wrote, merged into the manifest on disk at each write.
@@ -818,7 +819,7 @@ def _extract_split(
         entry = entries.get(key)
         cached = _load_cached(folder, split, clip, key, entry, signature, label)
         if cached is None:
-            pending.append((clip, signature))
+            pending.append((clip, signature, key))
             continue
         path = folder / _clip_file(split, key)
         done[clip.name] = (path, cached.n_frames, cached.n_rows)
@@ -841,7 +842,7 @@ def _extract_split(
 
     start = time.perf_counter()
     n_frames = 0
-    total = _count_frames([clip for clip, _ in pending]) if pending else 0
+    total = _count_frames([clip for clip, _, _ in pending]) if pending else 0
     with tqdm(
         total=total,
         unit="frame",
@@ -850,7 +851,7 @@ def _extract_split(
         # a file get no carriage-return updates.
         disable=True if not verbose or not pending else None,
     ) as progress:
-        for clip, signature in pending:
+        for clip, signature, key in pending:
             try:
                 clip_features = extract_clip(
                     clip, config, backbone, on_frame=lambda: progress.update(1)
@@ -860,7 +861,6 @@ def _extract_split(
                     f"Feature extraction failed on {label} clip {clip.name} "
                     f"({clip.source}): {error}"
                 ) from error
-            key = _entry_key(clip)
             relative = _clip_file(split, key)
             save_clip_features(clip_features, folder / relative)
             logger.info(
