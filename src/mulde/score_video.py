@@ -330,12 +330,14 @@ def score_clip_folder(
     from mulde.video.readers import is_image_file
 
     check_scores_path(Path(out), Path(run_dir))
-    for option, path in (("--run", run_dir), ("--clips", clips_dir)):
+    folders = {
+        "--run": (run_dir, "the --out folder of a finished `mulde run`"),
+        "--clips": (clips_dir, "one with a subfolder of frames or a video per clip"),
+    }
+    for option, (path, expected) in folders.items():
         if Path(path).is_file():
             raise NotADirectoryError(
-                f"{option} {path} is a file; pass a folder: the --out folder of "
-                "`mulde run` for --run, a folder with one subfolder of frames or "
-                "one video per clip for --clips."
+                f"{option} {path} is a file; pass a folder: {expected}."
             )
     config, models = load_run_models(run_dir, device)
     hint = (
